@@ -1,0 +1,3 @@
+"""digitlab: reproducible, tracked image-classification experiments."""
+
+__version__ = "0.1.0"

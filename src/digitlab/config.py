@@ -1,0 +1,221 @@
+"""How conf/, params.yaml and DVC relate.
+
+- ``conf/`` is the single source of every value: Hydra config groups for
+  dataset, model, optimizer, training, tracking, experiment presets and
+  searches, composed by ``conf/config.yaml``.
+- ``params.yaml`` is that composition written out and resolved. DVC tracks it
+  and the pipeline stages read it, nothing else. ``dvc exp run`` rewrites it
+  from ``conf/`` plus its ``-S`` overrides on every run (``hydra.enabled`` in
+  ``.dvc/config``); ``digitlab params [OVERRIDES]`` (``make params``) rewrites
+  it by hand before a plain ``dvc repro``.
+- A stage run by DVC is ``python -m pipeline.STAGE --params params.yaml
+  [key=value ...]``; the same entry point without ``--params`` is a Hydra app
+  over ``conf/`` (runs by hand and ``-m`` sweeps). Both hand the stage the same
+  shape of config, so there is one code path.
+
+Because stages never read ``conf/``, an override given to ``dvc exp run -S``
+can't be shadowed by a file DVC doesn't know about, and DVC reruns exactly the
+stages whose declared params changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from digitlab.errors import DigitlabError
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config"
+PARAMS_FILE = "params.yaml"
+_EXPS_TMP = (".dvc", "tmp", "exps")
+
+
+def project_root(start: Path | str | None = None) -> Path:
+    """The root of the project the current run belongs to.
+
+    ``$DVC_ROOT`` when DVC runs a stage, else the nearest ancestor of ``start``
+    (default: the working directory) that holds ``dvc.yaml``, else ``start``.
+    """
+    if start is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path(start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").is_file():
+            return candidate
+    return here
+
+
+def home_root(start: Path | str | None = None) -> Path:
+    """The project root where shared state lives (the MLflow store).
+
+    ``dvc exp run --temp`` and ``--queue`` run stages in a copy under
+    ``<project>/.dvc/tmp/exps/``; anything written relative to that copy is
+    thrown away with it, so this maps such a copy back to ``<project>``.
+    """
+    root = project_root(start)
+    parts = root.parts
+    for i in range(len(parts) - len(_EXPS_TMP), 0, -1):
+        if parts[i : i + len(_EXPS_TMP)] == _EXPS_TMP:
+            return Path(*parts[:i])
+    return root
+
+
+def conf_dir(root: Path | None = None) -> Path:
+    return (root or project_root()) / "conf"
+
+
+def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides, as ``dvc exp run`` does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    directory = conf_dir(root)
+    if not (directory / f"{CONFIG_NAME}.yaml").is_file():
+        raise DigitlabError(f"no Hydra config at {directory / (CONFIG_NAME + '.yaml')}: run this inside a digitlab project")
+    try:
+        with initialize_config_dir(str(directory), version_base=None):
+            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+    except HydraException as exc:
+        raise DigitlabError(f"cannot compose conf/ with overrides {list(overrides)}: {exc}") from exc
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply Hydra-grammar value overrides (``a.b=1``, ``+new=2``, ``~key``) to a loaded config.
+
+    Unknown keys are an error (as in Hydra), so a mistyped override is never
+    silently ignored.
+    """
+    if not overrides:
+        return cfg
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        OmegaConf.set_struct(cfg, True)
+        ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
+    except HydraException as exc:
+        raise DigitlabError(f"invalid override in {list(overrides)}: {exc}") from exc
+    finally:
+        OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def load_params(path: Path | str = PARAMS_FILE, overrides: Sequence[str] = ()) -> DictConfig:
+    """Read a composed config (params.yaml) and apply value overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise DigitlabError(f"params file {path} does not exist: write it with `digitlab params` (make params)")
+    cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise DigitlabError(f"params file {path} does not hold a mapping of settings")
+    return apply_overrides(cfg, overrides)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_params(overrides: Sequence[str] = (), path: Path | str | None = None, root: Path | None = None) -> DictConfig:
+    """Compose ``conf/`` with ``overrides`` and write it to params.yaml, as ``dvc exp run`` would."""
+    root = root or project_root()
+    cfg = compose(overrides, root)
+    atomic_write_text(path or root / PARAMS_FILE, OmegaConf.to_yaml(cfg))
+    return cfg
+
+
+def to_flat_dict(cfg: DictConfig | dict, sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values (for MLflow params)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{sep}{key}" if prefix else str(key))
+        else:
+            flat[prefix] = node
+
+    walk(container, "")
+    return flat
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("alembic", "mlflow.store", "git", "urllib3", "h5py", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fail(error: BaseException) -> None:
+    """Print a user-facing error as one line and exit non-zero (2)."""
+    print(f"digitlab: error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def stage_main(func: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    """Make ``func(cfg)`` a command-line entry point with two config sources.
+
+    ``python -m pipeline.X --params params.yaml [key=value ...]`` reads the
+    params file DVC tracks (how ``dvc.yaml`` runs every stage);
+    ``python -m pipeline.X [hydra overrides] [-m]`` composes ``conf/`` (runs
+    by hand, sweeps). In Hydra mode ``cfg.output_dir`` is set to Hydra's job
+    directory; with ``--params`` it is left as configured.
+    A :class:`DigitlabError` is printed as one line and exits with status 2.
+    """
+
+    def run(cfg: DictConfig) -> Any:
+        try:
+            return func(cfg)
+        except DigitlabError as error:
+            fail(error)
+
+    @functools.wraps(func)
+    def main() -> Any:
+        setup_logging()
+        argv = sys.argv[1:]
+        if argv[:1] == ["--params"]:
+            if len(argv) < 2:
+                fail(DigitlabError("--params needs a file, e.g. --params params.yaml"))
+            try:
+                cfg = load_params(argv[1], argv[2:])
+            except DigitlabError as error:
+                fail(error)
+            return run(cfg)
+
+        import hydra
+        from hydra.core.hydra_config import HydraConfig
+
+        def hydra_task(cfg: DictConfig) -> Any:
+            OmegaConf.resolve(cfg)
+            with open_dict(cfg):
+                cfg.output_dir = HydraConfig.get().runtime.output_dir
+            return run(cfg)
+
+        app = hydra.main(config_path=str(conf_dir()), config_name=CONFIG_NAME, version_base="1.3")(hydra_task)
+        return app()
+
+    return main
