@@ -1,0 +1,97 @@
+"""Shared fixtures: real components on tiny data, all in temporary directories."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a copy of the project needs to run its pipeline (no data, models or stores).
+PROJECT_FILES = ("conf", "pipeline", "src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command as a user would, capturing its output; fail with the output shown."""
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh copy of this project in its own git + DVC repo, ready for `dvc repro`."""
+    dest = tmp_path / "project"
+    dest.mkdir()
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy2(source, dest / name)
+    (dest / ".dvc").mkdir()
+    shutil.copy2(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    shutil.copy2(ROOT / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
+    git = ["git", "-c", "user.name=digitlab-tests", "-c", "user.email=tests@digitlab.invalid"]
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run([*git, "add", "-A"], dest)
+    run([*git, "commit", "-qm", "project copy"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite store per session: migrations take seconds, copies take none."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, _mlflow_template: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A real, empty MLflow SQLite store in a temp dir, set as $MLFLOW_TRACKING_URI."""
+    path = tmp_path / "mlflow.db"
+    shutil.copy2(_mlflow_template, path)
+    uri = f"sqlite:///{path}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared dataset (the preprocess output format) from scikit-learn's 8x8 digits."""
+    from sklearn.datasets import load_digits
+
+    from digitlab.data.prepared import SPLITS, Meta, save_meta, save_split
+
+    directory = tmp_path_factory.mktemp("prepared")
+    digits = load_digits()
+    x = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)[..., None]
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    bounds = {"train": (0, 1200), "val": (1200, 1450), "test": (1450, len(y))}
+    names = [str(i) for i in range(10)]
+    counts = {}
+    for split in SPLITS:
+        lo, hi = bounds[split]
+        save_split(directory, split, x[lo:hi], y[lo:hi])
+        counts[split] = {names[c]: int((y[lo:hi] == c).sum()) for c in range(10)}
+    save_meta(directory, Meta("digits", names, (8, 8, 1), counts, {}))
+    return directory
