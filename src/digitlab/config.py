@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config"
 PARAMS_FILE = "params.yaml"
+ROOT_MARKER = "dvc.yaml"
 _EXPS_TMP = (".dvc", "tmp", "exps")
 
 
@@ -50,7 +51,7 @@ def project_root(start: Path | str | None = None) -> Path:
         return Path(os.environ["DVC_ROOT"]).resolve()
     here = Path(start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
-        if (candidate / "dvc.yaml").is_file():
+        if (candidate / ROOT_MARKER).is_file():
             return candidate
     return here
 
