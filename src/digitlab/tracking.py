@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+from pathlib import Path
 from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
-from digitlab.config import home_root
+from digitlab.config import home_root, project_root
 from digitlab.errors import DigitlabError
 
 log = logging.getLogger(__name__)
@@ -66,3 +68,106 @@ def configure(tracking: DictConfig | dict) -> str:
 def experiment_name(cfg: DictConfig) -> str:
     """The MLflow experiment of a run: ``tracking.experiment``, else ``digitlab-<dataset>``."""
     return str(cfg.tracking.get("experiment") or f"digitlab-{cfg.dataset.name}")
+
+
+# MLflow rejects longer param values; a long list is cut, with a marker.
+MAX_PARAM_LENGTH = 6000
+PARENT_RUN_ENV = "DIGITLAB_PARENT_RUN_ID"
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """The full resolved config as MLflow params: dotted keys, values cut to MLflow's limit."""
+    from digitlab.config import to_flat_dict
+
+    params = {}
+    for key, value in to_flat_dict(cfg).items():
+        text = str(value)
+        params[key] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+    return params
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """The commit the project's work tree is at, or None outside git."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root or project_root(), capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def hydra_overrides() -> str | None:
+    """The command-line overrides of the current Hydra job, or None outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:
+        return None
+    if not HydraConfig.initialized():
+        return None
+    return " ".join(HydraConfig.get().overrides.task) or None
+
+
+def run_tags(cfg: DictConfig, model: str) -> dict[str, str]:
+    """Tags that say where a run came from: model, dataset, commit, DVC experiment, Hydra overrides."""
+    tags = {"model": model, "dataset": str(cfg.dataset.name)}
+    optional = {
+        "git_commit": git_commit(),
+        "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
+        "hydra_overrides": hydra_overrides(),
+    }
+    tags.update({key: value for key, value in optional.items() if value})
+    return tags
+
+
+def experiment_id(cfg: DictConfig) -> str:
+    """The id of the run's experiment, created when it does not exist yet."""
+    import mlflow
+
+    name = experiment_name(cfg)
+    experiment = mlflow.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else mlflow.create_experiment(name)
+
+
+def run_exists(run_id: str) -> bool:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def start_run(cfg: DictConfig, model: str, run_id: str | None = None):
+    """Start a run for training ``model``, or continue run ``run_id`` (a resumed training).
+
+    Under a sweep the run is nested in the sweep's parent run, whose id the
+    sweep callback passes in ``$DIGITLAB_PARENT_RUN_ID``. The run id is always
+    explicit, so a stray ``$MLFLOW_RUN_ID`` can't redirect it.
+    """
+    import mlflow
+
+    if run_id:
+        return mlflow.start_run(run_id=run_id)
+    parent = os.environ.get(PARENT_RUN_ENV)
+    tags = run_tags(cfg, model)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = mlflow.MlflowClient().create_run(experiment_id(cfg), tags=tags, run_name=f"{model}-{cfg.dataset.name}")
+    return mlflow.start_run(run_id=run.info.run_id)
+
+
+def end_run_failed(error: BaseException) -> None:
+    """End the active run FAILED with the error recorded (tag ``error`` and error.txt)."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    try:
+        mlflow.set_tag("error", message[:MAX_PARAM_LENGTH])
+        mlflow.log_text(message + "\n", "error.txt")
+    finally:
+        mlflow.end_run(status="FAILED")

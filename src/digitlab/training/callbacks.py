@@ -1,0 +1,145 @@
+"""Keras callbacks of a training run. They share one :class:`RunState`, which the
+last-checkpoint callback saves, so a resumed run continues their bookkeeping."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from pathlib import Path
+
+import keras
+
+from digitlab.config import atomic_write_text
+from digitlab.errors import DigitlabError
+from digitlab.training.checkpoints import CheckpointDir, RunState
+from digitlab.training.settings import Recipe
+
+log = logging.getLogger("digitlab.training")
+
+HISTORY_COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+
+def current_learning_rate(model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """A loss that is no longer a number ends the run with an error that says what to change."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or not math.isfinite(loss):
+            setting = f"models.{self.recipe.name}.optimizer"
+            raise DigitlabError(
+                f"training diverged: the loss became {loss} in evaluation period {epoch + 1}; "
+                f"lower {setting}.learning_rate (now {self.recipe.optimizer['learning_rate']}) or set {setting}.clipnorm"
+            )
+
+
+class RecordEvaluation(keras.callbacks.Callback):
+    """One history row, one MLflow metrics step and one progress line per evaluation."""
+
+    def __init__(self, state: RunState, history_path: Path, total_epochs: int, log_metrics) -> None:
+        super().__init__()
+        self.state, self.history_path, self.total_epochs, self.log_metrics = state, history_path, total_epochs, log_metrics
+        self._time_before = 0.0
+        self._started = 0.0
+        self._epoch_started = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._time_before = self.state.train_time_s
+        self._started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        row = {
+            "epoch": epoch + 1,
+            "step": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
+            **{key: float(logs[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
+            "learning_rate": current_learning_rate(self.model),
+        }
+        state = self.state
+        state.history.append(row)
+        state.epoch, state.step = row["epoch"], row["step"]
+        state.train_time_s = self._time_before + time.perf_counter() - self._started
+        write_history(self.history_path, state.history)
+        self.log_metrics({key: value for key, value in row.items() if key not in ("epoch", "step")}, row["epoch"])
+        log.info(
+            "epoch %d/%d step %d: loss %.4f accuracy %.4f | val_loss %.4f val_accuracy %.4f | lr %.3g | %.1fs",
+            row["epoch"], self.total_epochs, row["step"], row["loss"], row["accuracy"],
+            row["val_loss"], row["val_accuracy"], row["learning_rate"], time.perf_counter() - self._epoch_started,
+        )  # fmt: skip
+
+
+class KeepBestAndStopEarly(keras.callbacks.Callback):
+    """Save the best model as it appears; stop after ``patience`` evaluations without improvement.
+
+    Keras' EarlyStopping keeps its progress in memory only; here it lives in
+    the run state, so a resumed run keeps counting from where it stopped.
+    """
+
+    def __init__(self, state: RunState, recipe: Recipe, checkpoints: CheckpointDir) -> None:
+        super().__init__()
+        self.state, self.checkpoints = state, checkpoints
+        self.monitor, self.better = recipe.monitor, recipe.monitor_improves
+        stopping = recipe.training["early_stopping"]
+        self.enabled, self.patience = bool(stopping["enabled"]), int(stopping["patience"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float((logs or {})[self.monitor])
+        state = self.state
+        if state.best_value is None or self.better(value, state.best_value):
+            state.best_value, state.best_epoch, state.wait = value, epoch + 1, 0
+            self.checkpoints.save_model(self.model, self.checkpoints.best)
+            return
+        state.wait += 1
+        if self.enabled and state.wait >= self.patience:
+            log.info("early stopping: %s has not improved for %d evaluations (best %.4f at %d)",
+                     self.monitor, state.wait, state.best_value, state.best_epoch)  # fmt: skip
+            state.stopped_early = True
+            self.model.stop_training = True
+
+
+class SaveLastCheckpoint(keras.callbacks.Callback):
+    """The model, optimizer and run state every ``every_epochs`` evaluations and at the end."""
+
+    def __init__(self, state: RunState, checkpoints: CheckpointDir, every_epochs: int, total_epochs: int) -> None:
+        super().__init__()
+        self.state, self.checkpoints = state, checkpoints
+        self.every_epochs, self.total_epochs = every_epochs, total_epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if done % self.every_epochs == 0 or done == self.total_epochs or self.model.stop_training:
+            self.checkpoints.save_model(self.model, self.checkpoints.last)
+            self.checkpoints.save_state(self.state)
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """End training after exactly ``max_steps`` optimizer steps, mid evaluation period if need be."""
+
+    def __init__(self, max_steps: int) -> None:
+        super().__init__()
+        self.max_steps = max_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) >= self.max_steps:
+            self.model.stop_training = True

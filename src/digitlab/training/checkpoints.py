@@ -1,0 +1,95 @@
+"""Checkpoints of a training run and the state that lets an interrupted run resume.
+
+``<output>/checkpoints/`` holds ``last.keras`` (model + optimizer, saved every
+``checkpoint.every_epochs`` evaluations), ``best.keras`` (the best model so
+far) and ``state.json``: the evaluation count, the optimizer step, the MLflow
+run id, the history so far, early-stopping progress and a fingerprint of what
+the run trains (recipe, dataset metadata, seed). A new run with the same
+fingerprint continues an unfinished run; anything else starts afresh.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from digitlab.config import atomic_write_text
+
+LAST = "last.keras"
+BEST = "best.keras"
+STATE = "state.json"
+
+
+def fingerprint(recipe: dict[str, Any], dataset_meta: dict[str, Any], seed: int) -> str:
+    """A hash of everything that decides what a run trains (but not whether it may resume)."""
+    recipe = copy.deepcopy(recipe)
+    recipe.get("training", {}).pop("resume", None)
+    payload = json.dumps({"recipe": recipe, "dataset": dataset_meta, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class RunState:
+    """What a run has done so far; saved beside the last checkpoint."""
+
+    fingerprint: str
+    run_id: str | None = None
+    epoch: int = 0  # evaluations done (Keras epochs)
+    step: int = 0  # optimizer steps done
+    completed: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int = 0
+    wait: int = 0  # evaluations since the last improvement
+    stopped_early: bool = False
+    initial_val_accuracy: float | None = None
+    initial_val_loss: float | None = None
+    train_time_s: float = 0.0  # seconds spent in training, over all resumed sessions
+
+
+class CheckpointDir:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def last(self) -> Path:
+        return self.directory / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.directory / BEST
+
+    @property
+    def state_path(self) -> Path:
+        return self.directory / STATE
+
+    def resumable(self, fingerprint_: str) -> RunState | None:
+        """The state of an unfinished run with this fingerprint that has a last checkpoint, else None."""
+        if not self.state_path.is_file() or not self.last.is_file():
+            return None
+        try:
+            state = RunState(**json.loads(self.state_path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError):
+            return None
+        if state.fingerprint != fingerprint_ or state.completed or state.epoch < 1:
+            return None
+        return state
+
+    def clear(self) -> None:
+        for path in (self.last, self.best, self.state_path):
+            path.unlink(missing_ok=True)
+
+    def save_model(self, model, path: Path) -> None:
+        """Save through a temporary file and a rename, so a kill never leaves half a checkpoint."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.keras")
+        model.save(tmp)
+        os.replace(tmp, path)
+
+    def save_state(self, state: RunState) -> None:
+        atomic_write_text(self.state_path, json.dumps(asdict(state), indent=2) + "\n")

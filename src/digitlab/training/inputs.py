@@ -1,0 +1,35 @@
+"""tf.data input pipelines: shuffle with a seed, batch, prefetch.
+
+Pixels stay 0-255 float32 here: the model's first layer rescales them, so the
+saved model takes the same raw pixels at prediction time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_float(x, y):
+    import tensorflow as tf
+
+    return tf.cast(x, tf.float32), y
+
+
+def training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_buffer: int, seed: int):
+    """Endless shuffled batches: Keras cuts them into evaluation periods (``steps_per_epoch``).
+
+    Repeating after batching keeps every pass over the data a whole number of
+    batches, so an epoch of ``ceil(N / batch_size)`` steps is exactly one pass.
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    dataset = dataset.shuffle(min(shuffle_buffer, len(y)), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).repeat().map(_as_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+    return dataset.map(_as_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
