@@ -1,0 +1,6 @@
+"""Measuring a trained model on the test split: metrics, figures and their orchestration.
+
+- :mod:`digitlab.evaluation.metrics`: pure functions, arrays in, numbers out;
+- :mod:`digitlab.evaluation.plots`: pure functions, arrays in, matplotlib figures out;
+- :mod:`digitlab.evaluation.evaluate`: the evaluate stage (load, compute, write, log to MLflow).
+"""
