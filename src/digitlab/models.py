@@ -5,7 +5,7 @@ class probabilities: the rescaling to 0-1 is its first layer, so a saved model
 needs no preprocessing from whoever loads it (evaluate, predict, MLflow serve).
 
 To add a model family: write a ``_build_<name>`` function that appends layers
-to a list, add it to ``BUILDERS`` and add ``conf/model/<name>.yaml``.
+to a list, add it to ``BUILDERS`` and add ``conf/architecture/<name>.yaml``.
 """
 
 from __future__ import annotations

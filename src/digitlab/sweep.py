@@ -1,0 +1,80 @@
+"""Hydra callback: a sweep is one parent MLflow run with a nested run per job.
+
+Registered in ``conf/config.yaml`` (``hydra.callbacks``), so every
+``python -m pipeline.train -m ...`` gets it. The parent is created before the
+first job and its id handed to the jobs through ``$DIGITLAB_PARENT_RUN_ID``,
+where :func:`digitlab.tracking.start_run` nests the job's run under it. The id
+travels with the callback object too, which Hydra pickles into the joblib
+launcher's worker processes, and ``on_job_start`` sets it there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from digitlab import tracking
+
+log = logging.getLogger(__name__)
+
+
+class MlflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.tracking_uri: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import mlflow
+
+        self.tracking_uri = tracking.configure(config.tracking)
+        client = mlflow.MlflowClient(self.tracking_uri)
+        overrides = " ".join(config.hydra.overrides.task)
+        tags = {"sweep": "true", "hydra_overrides": overrides, "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]}
+        commit = tracking.git_commit()
+        if commit:
+            tags["git_commit"] = commit
+        run = client.create_run(tracking.experiment_id(config), tags=tags, run_name=f"sweep {overrides}"[:250])
+        self.parent_run_id = run.info.run_id
+        client.log_param(run.info.run_id, "sweep_dir", str(config.hydra.sweep.dir))
+        os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
+        # A job that raises skips on_multirun_end: don't leave the parent RUNNING.
+        atexit.register(self._end_parent, "FAILED")
+        log.info("sweep: MLflow parent run %s in %s", self.parent_run_id, self.tracking_uri)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent_run_id:
+            os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import mlflow
+
+        if not self.parent_run_id:
+            return
+        client = mlflow.MlflowClient(self.tracking_uri)
+        parent = client.get_run(self.parent_run_id)
+        children = client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
+        )
+        scored = [child for child in children if "best_val_accuracy" in child.data.metrics]
+        client.log_metric(self.parent_run_id, "jobs", len(children))
+        if scored:
+            best = max(scored, key=lambda child: child.data.metrics["best_val_accuracy"])
+            client.log_metric(self.parent_run_id, "best_val_accuracy", best.data.metrics["best_val_accuracy"])
+            client.set_tag(self.parent_run_id, "best_run_id", best.info.run_id)
+        self._end_parent("FINISHED")
+
+    def _end_parent(self, status: str) -> None:
+        import mlflow
+
+        if not self.parent_run_id:
+            return
+        client = mlflow.MlflowClient(self.tracking_uri)
+        if client.get_run(self.parent_run_id).info.status == "RUNNING":
+            client.set_terminated(self.parent_run_id, status)
+        os.environ.pop(tracking.PARENT_RUN_ENV, None)
+        self.parent_run_id = None
