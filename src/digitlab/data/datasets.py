@@ -57,9 +57,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def as_dict(dataset: DictConfig | dict) -> dict[str, Any]:
-    if isinstance(dataset, DictConfig):
-        return OmegaConf.to_container(dataset, resolve=True)  # type: ignore[return-value]
-    return dict(dataset)
+    """A plain dict of plain values (config nodes nested in a dict included)."""
+    if not isinstance(dataset, DictConfig):
+        dataset = OmegaConf.create(dict(dataset))
+    return OmegaConf.to_container(dataset, resolve=True)  # type: ignore[return-value]
 
 
 def image_shape(dataset: dict[str, Any]) -> tuple[int, int, int]:
