@@ -12,7 +12,7 @@ from digitlab.data.download import cache_dir, download_dataset
 
 def run(cfg: DictConfig) -> None:
     root = project_root()
-    download_dataset(cfg.dataset, raw_dir=root / cfg.paths.data / "raw", cache=cache_dir(cfg.paths.get("cache")), root=root)
+    download_dataset(cfg.dataset, raw_dir=root / cfg.paths.data / "raw", cache=cache_dir(cfg.paths.get("cache"), root), root=root)
 
 
 main = stage_main(run)

@@ -230,6 +230,7 @@ def test_fashion_idx_from_local_dir_else_from_mirror(tmp_path: Path) -> None:
 def test_cache_dir_setting_then_environment_then_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DIGITLAB_CACHE_DIR", str(tmp_path / "env"))
     assert cache_dir(str(tmp_path / "conf")) == tmp_path / "conf"
+    assert cache_dir("downloads", root=tmp_path) == tmp_path / "downloads"
     assert cache_dir(None) == tmp_path / "env"
     monkeypatch.delenv("DIGITLAB_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -37,10 +37,13 @@ SOURCE_FILE = "source.json"
 CACHE_ENV = "DIGITLAB_CACHE_DIR"
 
 
-def cache_dir(configured: str | Path | None = None) -> Path:
-    """Where verified downloads are kept: ``paths.cache``, else $DIGITLAB_CACHE_DIR, else ~/.cache/digitlab."""
+def cache_dir(configured: str | Path | None = None, root: Path | None = None) -> Path:
+    """Where verified downloads are kept: ``paths.cache``, else $DIGITLAB_CACHE_DIR, else ~/.cache/digitlab.
+
+    A relative ``paths.cache`` is relative to the project ``root``.
+    """
     if configured:
-        return Path(configured).expanduser()
+        return resolve_path(configured, root or Path.cwd())
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     return Path.home() / ".cache" / "digitlab"
