@@ -64,10 +64,10 @@ def trained_models(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory
         history.to_csv(out / "history.csv", index=False)
         best = int(np.argmax(fit.history["val_accuracy"]))
         info = {
-            "model": name, "dataset": meta.dataset, "run_id": None, "experiment_id": None, "tracking_uri": None,
+            "model": name, "dataset": meta.dataset, "run_id": None, "experiment_id": None, "tracking_uri": None, "model_uri": None,
             "best_epoch": best + 1, "epochs": epochs, "steps": int(history["step"].iloc[-1]), "stopped_early": False,
             "train_time_s": 1.0, "initial_val_accuracy": 0.1, "val_accuracy": fit.history["val_accuracy"][best],
-            "val_loss": fit.history["val_loss"][best], "params": {}, "images_per_s": 1000.0,
+            "val_loss": fit.history["val_loss"][best], "params": int(model.count_params()), "images_per_s": 1000.0,
         }
         (out / "train.json").write_text(json.dumps(info), encoding="utf-8")
     return models_dir
@@ -92,3 +92,66 @@ def with_mlflow_runs(models_dir: Path, destination: Path, experiment: str) -> di
         path.write_text(json.dumps(info), encoding="utf-8")
         run_ids[name] = active.info.run_id
     return run_ids
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(*overrides: str):
+    """The project's params.yaml for the tiny digits data, with overrides."""
+    from digitlab.config import load_params
+
+    return load_params(ROOT / "params.yaml", ["dataset.name=digits", *overrides])
+
+
+def make_project(root: Path, tiny_prepared: Path, trained_models: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A project layout (data/prepared, models/) with the tiny models and their MLflow runs; returns run ids."""
+    shutil.copytree(tiny_prepared, root / "data" / "prepared")
+    run_ids = with_mlflow_runs(trained_models, root / "models", "digitlab-digits")
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    return run_ids
+
+
+@pytest.fixture(scope="session")
+def evaluated(tiny_prepared, trained_models, tmp_path_factory) -> tuple[Path, dict[str, str], str]:
+    """All three tiny models evaluated once in a project dir with its own MLflow store: (root, run ids, store URI)."""
+    import mlflow
+
+    from digitlab.evaluation import evaluate
+
+    root = tmp_path_factory.mktemp("evaluated")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        run_ids = make_project(root, tiny_prepared, trained_models, patch)
+        for name in MODEL_NAMES:
+            evaluate.run(config(f"model={name}"))
+    return root, run_ids, uri
+
+
+@pytest.fixture(scope="session")
+def reported(evaluated) -> tuple[Path, dict[str, str], str, str]:
+    """The report stage over ``evaluated``, with the best model logged to MLflow and registered as @champion.
+
+    Returns (root, run ids, store URI, best model name).
+    """
+    import keras
+    import mlflow
+
+    from digitlab.report import build
+
+    root, run_ids, uri = evaluated
+    accuracies = {name: json.loads((root / "reports" / name / "metrics.json").read_text())["accuracy"] for name in MODEL_NAMES}
+    best = max(accuracies, key=accuracies.get)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("DVC_ROOT", str(root))
+        mlflow.set_tracking_uri(uri)
+        # The train stage logs its model the same way (mlflow.keras.log_model, artifact "model").
+        with mlflow.start_run(run_id=run_ids[best]):
+            info = mlflow.keras.log_model(keras.models.load_model(root / "models" / best / "model.keras"), name="model")
+        path = root / "models" / best / "train.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "model_uri": info.model_uri}))
+        build.run(config("report.register_alias=champion", "report.registered_model_name=digitlab-digits", "tracking.ui_url=http://127.0.0.1:5000"))
+    return root, run_ids, uri, best

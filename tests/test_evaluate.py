@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -13,42 +12,15 @@ import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
 
-from digitlab.config import load_params
 from digitlab.errors import ConfigError, DigitlabError
 from digitlab.evaluation import evaluate
 
 pytest.register_assert_rewrite("tests.evaluation_fixtures")
-from tests.evaluation_fixtures import MODEL_NAMES, with_mlflow_runs  # noqa: E402
+from tests.evaluation_fixtures import MODEL_NAMES, config, make_project  # noqa: E402
 
 pytest_plugins = ["tests.evaluation_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_project(root: Path, tiny_prepared: Path, trained_models: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """A project layout (data/prepared, models/) with the tiny models and their MLflow runs; returns run ids."""
-    shutil.copytree(tiny_prepared, root / "data" / "prepared")
-    run_ids = with_mlflow_runs(trained_models, root / "models", "digitlab-digits")
-    monkeypatch.setenv("DVC_ROOT", str(root))
-    return run_ids
-
-
-def config(*overrides: str):
-    return load_params(ROOT / "params.yaml", ["dataset.name=digits", *overrides])
-
-
-@pytest.fixture(scope="module")
-def evaluated(tiny_prepared, trained_models, tmp_path_factory) -> tuple[Path, dict[str, str], str]:
-    """All three tiny models evaluated once in a project dir with a real MLflow store."""
-    root = tmp_path_factory.mktemp("evaluated")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        run_ids = make_project(root, tiny_prepared, trained_models, patch)
-        for name in MODEL_NAMES:
-            evaluate.run(config(f"model={name}"))
-    return root, run_ids, uri
 
 
 def test_outputs_agree_with_scikit_learn(evaluated):
