@@ -1,0 +1,1 @@
+"""Benchmarks of digitlab against plain Keras: overhead, caching, memory, accuracy."""
