@@ -62,6 +62,16 @@ def test_good_file_is_verified_cached_and_reused_without_a_request(tmp_path: Pat
         assert files_under(cache) == [first]
 
 
+def test_damaged_cached_copy_is_downloaded_again(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "mnist").mkdir(parents=True)
+    (cache / "mnist" / "mnist.npz").write_bytes(NPZ[:100])
+    with FileServer({"mnist.npz": NPZ}) as server:
+        path = fetch_verified(server.url + "mnist.npz", sha256(NPZ), dataset="mnist", cache=cache, retries=0)
+        assert server.requests["mnist.npz"] == 1
+    assert path.read_bytes() == NPZ
+
+
 def test_download_stage_fills_raw_from_cache_and_preprocess_uses_official_test(tmp_path: Path) -> None:
     cache, raw, prepared = tmp_path / "cache", tmp_path / "data" / "raw", tmp_path / "data" / "prepared"
     with FileServer({"mnist.npz": NPZ}) as server:

@@ -111,8 +111,8 @@ def check_split_sizes(dataset: dict[str, Any], train_pool: int, total: int) -> t
         raise ConfigError(
             "dataset.validation_size",
             validation,
-            f"with dataset.test_size={test!r}, fewer than {train_pool} images in all, so that training keeps at least one "
-            f"({dataset.get('name')} has {train_pool} images to split)",
+            f"a size that leaves images to train on: validation ({n_val}) + test ({n_test}) images must be fewer "
+            f"than the {train_pool} images of {dataset.get('name')} they are taken from",
         )
     return n_val, n_test
 
@@ -191,7 +191,9 @@ def download_checksums(ds: dict[str, Any]) -> dict[str, Any]:
             entry = files[key]
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
                 raise ConfigError(f"dataset.files.{key}", entry, "{name: FILE_NAME, sha256: HASH}")
-        return {f"dataset.files.{key}.sha256": files[key].get("sha256") for key in IDX_FILES}
+        checksums = {f"dataset.files.{key}.sha256": files[key].get("sha256") for key in IDX_FILES}
+        checksums.update({f"dataset.files.{key}.local_sha256": files[key]["local_sha256"] for key in IDX_FILES if files[key].get("local_sha256") is not None})
+        return checksums
     return {"dataset.sha256": ds.get("sha256")}
 
 

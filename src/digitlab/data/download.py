@@ -169,9 +169,9 @@ def _acquire_idx(ds: dict[str, Any], directory: Path, cache: Path, root: Path, *
             path = local / entry["name"]
             # The Debian package recompresses the upstream .gz files (same images,
             # other gzip header), hence a hash of its own.
-            expected = entry.get("local_sha256")
+            expected = entry.get("local_sha256") or entry["sha256"]
             actual = sha256_file(path) if path.is_file() else None
-            if actual is None or (expected and actual != expected):
+            if actual != expected:
                 log.warning("%s is %s; downloading %s instead", path, "missing" if actual is None else f"not the expected file (sha256 {actual}, expected {expected})", ds["name"])
                 break
             shutil.copy2(path, directory / path.name)  # not a link: those are the package's files
@@ -188,7 +188,7 @@ def _acquire_idx(ds: dict[str, Any], directory: Path, cache: Path, root: Path, *
 def _acquire_folder(ds: dict[str, Any], directory: Path, root: Path, **_: Any) -> list[dict[str, Any]]:
     folder = scan_image_folder(resolve_path(ds["path"], root))
     records = []
-    for path, label in folder.files:
+    for path, _ in folder.files:
         relative = path.relative_to(folder.root)
         dest = directory / "images" / relative
         dest.parent.mkdir(parents=True, exist_ok=True)
