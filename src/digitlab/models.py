@@ -150,14 +150,18 @@ def build_model(model: Mapping[str, Any], image_shape: Sequence[int], num_classe
     layers = [keras.layers.Rescaling(1.0 / 255, name="rescale_0_1"), *BUILDERS[model["name"]](model, num_classes)]
     current: tuple = (None, *shape)
     for layer in layers:
-        next_shape = tuple(layer.compute_output_shape(current))
-        if any(d is not None and d < 1 for d in next_shape):
+        try:
+            next_shape = tuple(layer.compute_output_shape(current))
+            problem = "" if all(d is None or d >= 1 for d in next_shape) else f"it would output {next_shape[1:]}"
+        except ValueError as exc:
+            next_shape, problem = current, str(exc).split(". Received")[0].lower()
+        if problem:
             raise ConfigError(
                 f"{prefix}.name",
                 model["name"],
                 "an architecture that fits the input",
-                f"layer {layer.name!r} turns shape {current[1:]} into {next_shape[1:]}, which has no pixels left; "
-                f"input images are {shape}: use fewer conv_filters blocks or a smaller pool_size",
+                f"layer {layer.name!r} gets shape {current[1:]} from input images of shape {shape} and {problem}: "
+                "use fewer conv_filters blocks or a smaller pool_size",
             )
         current = next_shape
     return keras.Sequential([keras.Input(shape=shape, name="pixels"), *layers], name=str(model["name"]))

@@ -108,9 +108,9 @@ def hydra_overrides() -> str | None:
     return " ".join(HydraConfig.get().overrides.task) or None
 
 
-def run_tags(cfg: DictConfig, model: str) -> dict[str, str]:
+def run_tags(model: str, dataset: str) -> dict[str, str]:
     """Tags that say where a run came from: model, dataset, commit, DVC experiment, Hydra overrides."""
-    tags = {"model": model, "dataset": str(cfg.dataset.name)}
+    tags = {"model": model, "dataset": dataset}
     optional = {
         "git_commit": git_commit(),
         "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
@@ -140,8 +140,8 @@ def run_exists(run_id: str) -> bool:
     return True
 
 
-def start_run(cfg: DictConfig, model: str, run_id: str | None = None):
-    """Start a run for training ``model``, or continue run ``run_id`` (a resumed training).
+def start_run(cfg: DictConfig, model: str, dataset: str, run_id: str | None = None):
+    """Start a run for training ``model`` on ``dataset``, or continue run ``run_id`` (a resumed training).
 
     Under a sweep the run is nested in the sweep's parent run, whose id the
     sweep callback passes in ``$DIGITLAB_PARENT_RUN_ID``. The run id is always
@@ -152,10 +152,10 @@ def start_run(cfg: DictConfig, model: str, run_id: str | None = None):
     if run_id:
         return mlflow.start_run(run_id=run_id)
     parent = os.environ.get(PARENT_RUN_ENV)
-    tags = run_tags(cfg, model)
+    tags = run_tags(model, dataset)
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = mlflow.MlflowClient().create_run(experiment_id(cfg), tags=tags, run_name=f"{model}-{cfg.dataset.name}")
+    run = mlflow.MlflowClient().create_run(experiment_id(cfg), tags=tags, run_name=f"{model}-{dataset}")
     return mlflow.start_run(run_id=run.info.run_id)
 
 

@@ -112,7 +112,7 @@ def train(cfg: DictConfig, callbacks: Sequence = ()) -> TrainResult:
     resumed_run = state.run_id if state.run_id and tracking.run_exists(state.run_id) else None
 
     with _sigterm_as_interrupt():
-        run = tracking.start_run(cfg, recipe.name, resumed_run)
+        run = tracking.start_run(cfg, recipe.name, meta.dataset, resumed_run)
         try:
             state.run_id = run.info.run_id
             if resumed_run is None:

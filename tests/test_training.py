@@ -1,0 +1,240 @@
+"""The train stage on 8x8 digits: real TensorFlow, a real MLflow SQLite store, the real conf/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from digitlab.config import compose
+from digitlab.data.prepared import load_split
+from digitlab.errors import ConfigError, DigitlabError
+from digitlab.training import train
+from digitlab.training.checkpoints import STATE
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_JSON_KEYS = {
+    "model", "dataset", "run_id", "experiment_id", "tracking_uri", "best_epoch", "epochs", "steps", "stopped_early",
+    "train_time_s", "initial_val_accuracy", "val_accuracy", "val_loss", "params", "images_per_s",
+}  # fmt: skip
+# Small, fast versions of the three recipes: a couple of seconds each on one core.
+TINY = {
+    "linear": ["models.linear.optimizer.learning_rate=0.05"],
+    "mlp": ["models.mlp.model.hidden_units=[32]", "models.mlp.optimizer.learning_rate=0.01"],
+    "cnn": [
+        "models.cnn.model.conv_filters=[8,16]", "models.cnn.model.convs_per_block=1", "models.cnn.model.batch_norm=false",
+        "models.cnn.model.dense_units=[32]", "models.cnn.optimizer.learning_rate=0.01",
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_prepared: Path, _mlflow_template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A data dir holding the tiny prepared set and an MLflow store shared by this module's runs."""
+    base = tmp_path_factory.mktemp("training")
+    (base / "data").mkdir()
+    (base / "data" / "prepared").symlink_to(tiny_prepared)
+    shutil.copy2(_mlflow_template, base / "mlflow.db")
+    return {"base": base, "data": base / "data", "uri": f"sqlite:///{base / 'mlflow.db'}"}
+
+
+def config(workspace: dict, model: str, out: str, *overrides: str):
+    """The real conf/ composed for ``model`` with tiny settings, writing to ``<base>/<out>``."""
+    return compose(
+        [
+            "dataset=digits", f"model={model}", f"paths.data={workspace['data']}", f"tracking.uri={workspace['uri']}",
+            f"output_dir={workspace['base'] / out}", f"models.{model}.training.batch_size=64",
+            f"models.{model}.training.epochs=3", f"tracking.experiment=tests-{out}", *TINY[model], *overrides,
+        ],
+        root=ROOT,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(workspace: dict) -> dict:
+    """Each recipe trained once for 3 epochs; the mlp run also logs its model to MLflow."""
+    return {
+        name: train(config(workspace, name, name, f"tracking.log_models={name == 'mlp'}")) for name in ("linear", "mlp", "cnn")
+    }
+
+
+def client(workspace: dict) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=workspace["uri"])
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp", "cnn"])
+def test_each_model_learns_and_writes_the_stage_outputs(trained, workspace, tiny_prepared, name):
+    result, out = trained[name], workspace["base"] / name
+    assert result.initial_val_accuracy < 0.3, "before training a model should be near chance (10%)"
+    assert result.val_accuracy > 0.6, f"{name} did not learn: {result}"
+
+    summary = json.loads((out / "train.json").read_text())
+    assert TRAIN_JSON_KEYS <= set(summary) and summary["run_id"] == result.run_id
+    assert summary["epochs"] == 3 and summary["steps"] == 3 * 19 and summary["params"] > 0 and summary["images_per_s"] > 0
+
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == ["epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+    assert history["epoch"].tolist() == [0, 1, 2, 3] and history["step"].tolist() == [0, 19, 38, 57]
+    assert history["val_accuracy"].iloc[0] == pytest.approx(result.initial_val_accuracy)
+    best_row = history.loc[history["epoch"] == summary["best_epoch"]].iloc[0]
+    assert best_row["val_accuracy"] == pytest.approx(history["val_accuracy"].iloc[1:].max())
+
+    # The saved model takes raw 0-255 pixels and returns probabilities; it is the best one.
+    x_val, y_val = load_split(tiny_prepared, "val")
+    probabilities = keras.models.load_model(out / "model.keras").predict(x_val.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    assert (probabilities.argmax(axis=1) == y_val).mean() == pytest.approx(best_row["val_accuracy"], abs=1e-6)
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.keras", "last.keras", STATE}
+    assert (out / "curves.png").stat().st_size > 5000
+
+
+def test_mlflow_run_holds_params_metric_histories_tags_and_artifacts(trained, workspace):
+    result = trained["mlp"]
+    run = client(workspace).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model"] == "mlp" and run.data.params["models.mlp.model.hidden_units"] == "[32]"
+    assert run.data.params["seed"] == "42" and run.data.params["models.mlp.training.batch_size"] == "64"
+    assert run.data.tags["model"] == "mlp" and run.data.tags["dataset"] == "digits" and len(run.data.tags["git_commit"]) == 40
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        steps = [m.step for m in client(workspace).get_metric_history(result.run_id, metric)]
+        assert sorted(steps) == [0, 1, 2, 3], metric
+    artifacts = {a.path for a in client(workspace).list_artifacts(result.run_id)}
+    assert {"config.yaml", "curves.png", "history.csv", "checkpoints"} <= artifacts
+    assert [a.path for a in client(workspace).list_artifacts(result.run_id, "checkpoints")] == ["checkpoints/best.keras"]
+
+
+def test_logged_model_predicts_through_pyfunc(trained, tiny_prepared):
+    x_val, y_val = load_split(tiny_prepared, "val")
+    model = mlflow.pyfunc.load_model(f"runs:/{trained['mlp'].run_id}/model")
+    assert model.metadata.get_input_schema() is not None
+    probabilities = np.asarray(model.predict(x_val.astype(np.float32)))
+    assert probabilities.shape == (len(y_val), 10)
+    assert (probabilities.argmax(axis=1) == y_val).mean() == pytest.approx(trained["mlp"].val_accuracy, abs=1e-6)
+
+
+def test_same_seed_gives_the_same_metrics(trained, workspace):
+    again = train(config(workspace, "mlp", "mlp-again", "tracking.log_models=false"))
+    first = pd.read_csv(workspace["base"] / "mlp" / "history.csv")
+    second = pd.read_csv(workspace["base"] / "mlp-again" / "history.csv")
+    pd.testing.assert_frame_equal(first, second)
+    assert again.val_accuracy == trained["mlp"].val_accuracy and again.run_id != trained["mlp"].run_id
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(workspace, tiny_prepared):
+    # min_delta 1: no evaluation after the first counts as an improvement, so patience 1 stops at the second.
+    cfg = config(
+        workspace, "mlp", "early", "models.mlp.training.epochs=6", "models.mlp.training.early_stopping.patience=1",
+        "models.mlp.training.early_stopping.min_delta=1.0", "tracking.log_models=false",
+    )  # fmt: skip
+    result = train(cfg)
+    assert result.stopped_early and result.epochs == 2 and result.best_epoch == 1
+    history = pd.read_csv(workspace["base"] / "early" / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2]
+    assert history["val_accuracy"].iloc[2] != history["val_accuracy"].iloc[1], "need a change to see which weights were kept"
+    assert result.val_accuracy == pytest.approx(history["val_accuracy"].iloc[1], abs=1e-6)
+
+
+def test_evaluation_every_n_steps_and_max_steps(workspace):
+    cfg = config(
+        workspace, "linear", "steps", "models.linear.training.eval_every_steps=5", "models.linear.training.max_steps=12",
+        "models.linear.training.early_stopping.enabled=false", "tracking.log_models=false",
+    )  # fmt: skip
+    result = train(cfg)
+    history = pd.read_csv(workspace["base"] / "steps" / "history.csv")
+    assert history["step"].tolist() == [0, 5, 10, 12] and result.steps == 12 and result.epochs == 3
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Ctrl-C at the end of an evaluation (after digitlab's checkpoint of it)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+
+
+def test_interrupted_run_resumes_its_checkpoint_and_mlflow_run(workspace):
+    cfg = config(workspace, "mlp", "resume", "models.mlp.training.epochs=4", "tracking.log_models=false")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[InterruptAt(2)])
+    state = json.loads((workspace["base"] / "resume" / "checkpoints" / STATE).read_text())
+    assert state["epoch"] == 2 and state["step"] == 38 and not state["completed"]
+    store = client(workspace)
+    interrupted = store.get_run(state["run_id"])
+    assert interrupted.info.status == "FAILED" and "simulated Ctrl-C" in interrupted.data.tags["error"]
+
+    resumed = train(cfg)
+    assert resumed.run_id == state["run_id"] and resumed.epochs == 4 and resumed.steps == 4 * 19
+    history = pd.read_csv(workspace["base"] / "resume" / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3, 4]
+    runs = store.search_runs([interrupted.info.experiment_id])
+    assert [run.info.run_id for run in runs] == [state["run_id"]], "resuming must not start a second MLflow run"
+    assert runs[0].info.status == "FINISHED"
+    steps = [m.step for m in store.get_metric_history(state["run_id"], "val_accuracy")]
+    assert sorted(steps) == [0, 1, 2, 3, 4]
+
+    # A finished run is not resumed: the same command trains afresh in a new MLflow run.
+    fresh = train(cfg)
+    assert fresh.run_id != resumed.run_id and fresh.epochs == 4
+
+
+def test_nan_loss_fails_clearly_and_the_run_is_failed(workspace):
+    cfg = config(
+        workspace, "mlp", "nan", "optimizer@models.mlp.optimizer=sgd", "models.mlp.optimizer.learning_rate=1e30",
+        "tracking.log_models=false",
+    )  # fmt: skip
+    with pytest.raises(DigitlabError, match=r"diverged.*nan.*models\.mlp\.optimizer\.learning_rate \(now 1e\+30\)"):
+        train(cfg)
+    (run,) = client(workspace).search_runs([mlflow.get_experiment_by_name("tests-nan").experiment_id])
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["error"]
+    assert not (workspace["base"] / "nan" / "model.keras").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=resnet"], r"^model='resnet' is not valid: expected one of cnn, linear, mlp"),
+        (["models.mlp.optimizer.name=adamw"], r"^models\.mlp\.optimizer\.name='adamw'.*adagrad, adam, rmsprop, sgd"),
+        (["models.mlp.optimizer.learning_rate=0"], r"^models\.mlp\.optimizer\.learning_rate=0 .*greater than 0"),
+        (["models.mlp.optimizer.learning_rate=-0.1"], r"^models\.mlp\.optimizer\.learning_rate=-0\.1 "),
+        (["models.mlp.training.epochs=0"], r"^models\.mlp\.training\.epochs=0 "),
+        (["models.mlp.training.epochs=-2"], r"^models\.mlp\.training\.epochs=-2 "),
+        (["models.mlp.training.batch_size=0"], r"^models\.mlp\.training\.batch_size=0 "),
+        (["models.mlp.training.early_stopping.patience=0"], r"^models\.mlp\.training\.early_stopping\.patience=0 "),
+        (["models.mlp.training.early_stopping.monitor=val_f1"], r"^models\.mlp\.training\.early_stopping\.monitor='val_f1'"),
+        (["model=cnn", "models.cnn.model.conv_filters=[8,8,8,8]"], r"layer 'block4_pool' gets shape \(1, 1, 8\) from input images of shape \(8, 8, 1\)"),
+    ],
+)  # fmt: skip
+def test_bad_settings_fail_before_any_work(workspace, overrides, message):
+    model = next((o.split("=")[1] for o in overrides if o.startswith("model=")), "mlp")
+    cfg = config(workspace, "mlp", "bad", "tracking.experiment=tests-bad", *TINY["cnn"])
+    cfg.model = model
+    from digitlab.config import apply_overrides
+
+    apply_overrides(cfg, [o for o in overrides if not o.startswith("model=")])
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert mlflow.get_experiment_by_name("tests-bad") is None, "no MLflow run may start for a bad config"
+    assert not (workspace["base"] / "bad").exists()
+
+
+def test_unreachable_tracking_server_fails_within_seconds_naming_it(workspace):
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with pytest.raises(DigitlabError, match=rf"MLflow tracking server {uri} is unreachable"):
+        train(config(workspace, "linear", "unreachable", f"tracking.uri={uri}"))
+    assert time.monotonic() - started < 10
