@@ -1,9 +1,205 @@
-"""``digitlab predict``: classify the user's own images (to be built in the evaluate/report issue)."""
+"""``digitlab predict``: classify your own images with a trained model.
+
+``--model`` picks the model: a pipeline recipe (``linear``, ``mlp``, ``cnn``:
+``<paths.models>/<name>/model.keras``), a ``.keras`` file, or an MLflow URI
+(``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``).
+Any image Pillow reads (PNG, JPEG, ...) is converted to the model's input:
+grey or RGB as the model expects, resized to its height and width. Class
+names come from the project's prepared data (``data/prepared/meta.json``)
+when it matches the model, else the class indices are printed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from digitlab.config import PARAMS_FILE, project_root
+from digitlab.errors import DigitlabError
+
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+DEFAULT_MODEL = "cnn"
+DEFAULT_TOP_K = 3
+_MODEL_CHOICES = "linear, mlp, cnn, a .keras file, or an MLflow URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model)"
 
 
-def add_predict_command(commands: argparse._SubParsersAction) -> None:  # filled in by the predict work
-    del commands
+@dataclass(frozen=True)
+class Prediction:
+    image: Path
+    top: list[tuple[str, float]]  # (class name, probability), most probable first
+    inverted: bool
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+
+def _project_settings(root: Path) -> DictConfig:
+    """paths and tracking from the project's params.yaml, or the defaults outside a project."""
+    defaults = OmegaConf.create({"paths": {"data": "data", "models": "models"}, "tracking": {}, "models": {"linear": {}, "mlp": {}, "cnn": {}}})
+    params = root / PARAMS_FILE
+    if not params.is_file():
+        return defaults
+    return OmegaConf.merge(defaults, OmegaConf.load(params))
+
+
+def read_image(path: Path) -> "Image.Image":  # noqa: F821 - Pillow is imported lazily
+    """Open and fully decode an image, failing with a message that names the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.exists():
+        raise DigitlabError(f"image {path} does not exist: expected a PNG or JPEG file")
+    if path.is_dir():
+        raise DigitlabError(f"image {path} is a directory: expected a PNG or JPEG file (pass the files, e.g. {path}/*.png)")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DigitlabError(f"image {path} is not a readable image ({exc}): expected a PNG or JPEG file") from exc
+
+
+def to_model_input(image, shape: tuple[int, int, int], invert: bool = False) -> np.ndarray:
+    """An image as the model's input: (H, W, C) float32 pixels 0-255, grey (C=1) or RGB (C=3).
+
+    Transparent parts become white, as on paper.
+    """
+    from PIL import Image
+
+    height, width, channels = shape
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.new("RGBA", rgba.size, "white")
+        image.alpha_composite(rgba)
+    image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.LANCZOS)
+    pixels = np.asarray(image, dtype=np.float32).reshape(height, width, channels)
+    return 255.0 - pixels if invert else pixels
+
+
+def _border_mean(pixels: np.ndarray) -> float:
+    return float(np.concatenate([pixels[0].ravel(), pixels[-1].ravel(), pixels[:, 0].ravel(), pixels[:, -1].ravel()]).mean())
+
+
+def dark_background(prepared_dir: Path) -> bool | None:
+    """Whether the training images are light drawings on a dark background (as MNIST); None if unknown."""
+    path = prepared_dir / "test.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as arrays:
+        images = arrays["x"][:200].astype(np.float32)
+    return bool(np.mean([_border_mean(image) for image in images]) < 128)
+
+
+def load_model(spec: str, root: Path, settings: DictConfig):
+    """The Keras model ``--model`` names (see the module docstring)."""
+    if spec.startswith(MLFLOW_SCHEMES):
+        return _load_mlflow_model(spec, settings)
+    if spec in settings.models:
+        path = root / settings.paths.models / spec / "model.keras"
+        if not path.is_file():
+            raise DigitlabError(f"{path} is missing: --model {spec} expects the pipeline's trained model (run dvc repro train@{spec})")
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise DigitlabError(f"--model {spec}: no such file; expected {_MODEL_CHOICES}")
+        if path.is_dir() or path.suffix != ".keras":
+            raise DigitlabError(f"--model {spec} is not a .keras file; expected {_MODEL_CHOICES}")
+    import keras
+
+    try:
+        return keras.models.load_model(path)
+    except Exception as exc:  # Keras raises many kinds for a bad file; the user needs the file and the reason.
+        raise DigitlabError(f"cannot load {path} as a Keras model: {exc}") from exc
+
+
+def _load_mlflow_model(uri: str, settings: DictConfig):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from digitlab import tracking
+
+    store = tracking.configure(settings.tracking)
+    try:
+        flavors = mlflow.models.get_model_info(uri).flavors
+        if "keras" in flavors:
+            return mlflow.keras.load_model(uri)
+        if "tensorflow" in flavors:
+            return mlflow.tensorflow.load_model(uri)
+    except (MlflowException, OSError) as exc:
+        raise DigitlabError(f"cannot load MLflow model {uri} from the store {store}: {exc}") from exc
+    raise DigitlabError(f"MLflow model {uri} is not a Keras/TensorFlow model (flavors: {', '.join(flavors)})")
+
+
+def class_names_for(num_outputs: int, prepared_dir: Path) -> list[str] | None:
+    """The prepared data's class names when they fit the model's outputs."""
+    from digitlab.data.prepared import load_meta
+
+    if not (prepared_dir / "meta.json").is_file():
+        return None
+    names = load_meta(prepared_dir).class_names
+    return names if len(names) == num_outputs else None
+
+
+def predict(images: list[Path], model_spec: str = DEFAULT_MODEL, top_k: int = DEFAULT_TOP_K, invert: str = "auto", root: Path | None = None) -> list[Prediction]:
+    """Classify ``images``; each with its ``top_k`` most probable classes."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise DigitlabError(f"--top-k {top_k} is not valid: expected a whole number of at least 1")
+    if invert not in ("auto", "yes", "no"):
+        raise DigitlabError(f"--invert {invert} is not valid: expected auto, yes or no")
+    # Cheap checks first: a typo in an image name fails before the model loads.
+    pictures = [read_image(Path(path)) for path in images]
+    root = root or project_root()
+    settings = _project_settings(root)
+    prepared_dir = root / settings.paths.data / "prepared"
+    model = load_model(model_spec, root, settings)
+    shape = tuple(int(d) for d in model.input_shape[1:])
+    if len(shape) != 3:
+        raise DigitlabError(f"--model {model_spec} takes inputs of shape {shape}, expected images (height, width, channels)")
+    trained_dark = dark_background(prepared_dir) if invert == "auto" else None
+    inputs, inverted = [], []
+    for picture in pictures:
+        pixels = to_model_input(picture, shape)
+        flip = invert == "yes" or (trained_dark is True and _border_mean(pixels) > 128)
+        inputs.append(255.0 - pixels if flip else pixels)
+        inverted.append(flip)
+    probabilities = np.asarray(model.predict(np.stack(inputs), verbose=0), dtype=np.float64)
+    names = class_names_for(probabilities.shape[1], prepared_dir) or [str(i) for i in range(probabilities.shape[1])]
+    k = min(top_k, probabilities.shape[1])
+    predictions = []
+    for path, row, flip in zip(images, probabilities, inverted):
+        order = np.argsort(-row, kind="stable")[:k]
+        predictions.append(Prediction(Path(path), [(names[i], float(row[i])) for i in order], flip))
+    return predictions
+
+
+def _run(args: argparse.Namespace) -> None:
+    for prediction in predict(args.images, args.model, args.top_k, args.invert):
+        note = " (colours inverted: light background)" if prediction.inverted else ""
+        print(f"{prediction.image}: {prediction.label}{note}")
+        for name, probability in prediction.top:
+            print(f"  {name:>12}  {probability:7.2%}")
+    sys.stdout.flush()
+
+
+def add_predict_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "predict",
+        help="classify your own images (PNG, JPEG) with a trained model",
+        description="Print the predicted class and the top-k probabilities of each image. "
+        "Examples: digitlab predict digit.png; digitlab predict *.png --model models:/digitlab-mnist_5k@champion --top-k 5",
+    )
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (any size; converted to the model's input)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"{_MODEL_CHOICES} (default: {DEFAULT_MODEL})")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"how many classes to list per image (default: {DEFAULT_TOP_K})")
+    parser.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="invert the image's colours; auto: when the image has a light background but the training images a dark one (MNIST)",
+    )
+    parser.set_defaults(handler=_run)
