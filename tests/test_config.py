@@ -77,6 +77,7 @@ def test_write_params_writes_the_composition_atomically(tmp_path: Path) -> None:
     assert written["dataset"]["name"] == "digits" == cfg.dataset.name
     assert written["models"]["mlp"]["training"]["epochs"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"], "temporary file left behind"
+    assert target.stat().st_mode & 0o044, "params.yaml must be readable by others, like any file a user writes"
 
 
 def test_project_root_and_the_dvc_temp_copy_map_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
