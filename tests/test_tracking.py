@@ -1,0 +1,150 @@
+"""MLflow connection and runs across processes: a real tracking server, a closed port, a killed training."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+from digitlab import tracking
+from digitlab.config import load_params
+from digitlab.errors import DigitlabError
+from digitlab.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MLP = [
+    "model=mlp", "models.mlp.model.hidden_units=[32]", "models.mlp.optimizer.learning_rate=0.01",
+    "models.mlp.training.batch_size=64", "tracking.log_models=false",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _keep_tracking_env():
+    """mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: don't leak this module's stores to others."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI", "unset"))
+        if os.environ["MLFLOW_TRACKING_URI"] == "unset":
+            patch.delenv("MLFLOW_TRACKING_URI")
+        yield
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def data_dir(tiny_prepared: Path, tmp_path: Path) -> Path:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "prepared").symlink_to(tiny_prepared)
+    return tmp_path / "data"
+
+
+def test_resolve_uri_prefers_config_then_environment(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
+    assert tracking.resolve_uri({"uri": "http://example.invalid:5000"}) == "http://example.invalid:5000"
+    assert tracking.resolve_uri({"uri": None}) == "sqlite:///from-env.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.resolve_uri({"uri": None}) == f"sqlite:///{ROOT / 'mlflow.db'}"
+
+
+def test_closed_port_is_an_error_within_seconds_naming_the_uri():
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(DigitlabError, match=rf"MLflow tracking server {uri} is unreachable.*mlflow server --host 127\.0\.0\.1"):
+        tracking.configure({"uri": uri, "connect_timeout": 3})
+    assert time.monotonic() - started < 5
+
+
+def test_flat_params_fit_mlflow_limits():
+    params = tracking.flat_params(load_params(ROOT / "params.yaml", ["+long=" + "x" * 7000]))
+    assert params["models.cnn.optimizer.name"] and len(params["long"]) == tracking.MAX_PARAM_LENGTH
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, _mlflow_template: Path):
+    """A real ``mlflow server`` on a free local port, its store and artifacts in tmp."""
+    shutil.copy2(_mlflow_template, tmp_path / "server.db")
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{uri}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_training_logs_to_a_real_tracking_server(mlflow_server, data_dir, tmp_path):
+    cfg = load_params(
+        ROOT / "params.yaml",
+        [*TINY_MLP, "models.mlp.training.epochs=1", f"paths.data={data_dir}", f"tracking.uri={mlflow_server}",
+         f"output_dir={tmp_path / 'out'}", "tracking.log_models=true"],
+    )  # fmt: skip
+    result = train(cfg)
+    assert result.tracking_uri == mlflow_server
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["model"] == "mlp"
+    assert len(client.get_metric_history(result.run_id, "val_accuracy")) == 2
+    assert {"config.yaml", "curves.png"} <= {a.path for a in client.list_artifacts(result.run_id)}
+    assert any((tmp_path / "artifacts").rglob("curves.png")), "artifacts go through the server to its destination"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)])
+def test_killed_training_resumes_from_its_checkpoint_in_the_same_run(signum, data_dir, tmp_path, mlflow_uri):
+    out = tmp_path / "out"
+    overrides = [
+        *TINY_MLP, "models.mlp.training.epochs=20", "models.mlp.training.early_stopping.enabled=false",
+        f"paths.data={data_dir}", f"tracking.uri={mlflow_uri}", f"output_dir={out}",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", "--params", str(ROOT / "params.yaml"), *overrides],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    state_path = out / "checkpoints" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state_path.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    process.communicate(timeout=60)
+    assert process.returncode != 0
+    state = json.loads(state_path.read_text())
+    assert 1 <= state["epoch"] < 20 and not state["completed"]
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    interrupted = client.get_run(state["run_id"])
+    if signum == signal.SIGTERM:  # a KILL leaves no chance to close the run: the resume continues it
+        assert interrupted.info.status == "FAILED" and "SIGTERM" in interrupted.data.tags["error"]
+
+    resumed = train(load_params(ROOT / "params.yaml", overrides))
+    assert resumed.run_id == state["run_id"] and resumed.epochs == 20 and resumed.steps == 20 * 19
+    runs = client.search_runs([interrupted.info.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    epochs = [m.step for m in client.get_metric_history(resumed.run_id, "val_accuracy")]
+    assert sorted(set(epochs)) == list(range(21)) and len(epochs) <= 22  # at most the killed evaluation twice
