@@ -1,0 +1,80 @@
+"""The benchmark harness (``python -m benchmarks.run``) runs end to end on tiny data.
+
+Quick mode: scikit-learn's 8x8 digits, 1 epoch, 1 repetition, real DVC, MLflow
+and TensorFlow in temporary project copies. No timing is asserted: only that
+every part measures something and writes results.json and RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run
+
+pytestmark = pytest.mark.slow
+
+
+def bench(tmp_path: Path, *options: str) -> tuple[dict, str]:
+    out = tmp_path / "out"
+    run([sys.executable, "-m", "benchmarks.run", "--quick", "--work-dir", str(tmp_path / "work"), "--out-dir", str(out), *options],
+        ROOT, timeout=900)  # fmt: skip
+    return json.loads((out / "results.json").read_text(encoding="utf-8")), (out / "RESULTS.md").read_text(encoding="utf-8")
+
+
+def test_overhead_memory_and_accuracy_parts_measure_and_report(tmp_path: Path) -> None:
+    results, markdown = bench(
+        tmp_path, "--parts", "overhead,memory,accuracy", "--models", "linear", "--presets", "tutorial_linear,tutorial_cifar100_mlp"
+    )
+
+    assert {"date", "machine", "versions", "settings", "targets", "wall_s"} <= set(results)
+    assert results["machine"]["cores"] >= 1 and results["versions"]["keras"].startswith("3.")
+
+    overhead = results["overhead"]
+    assert overhead["dataset"] == "digits" and overhead["epochs"] == 1
+    linear = overhead["models"]["linear"]
+    digitlab, plain = linear["median"]["digitlab"], linear["median"]["plain"]
+    assert digitlab["fit_s"] > 0 and plain["fit_s"] > 0 and digitlab["images_per_s"] > 0 and plain["images_per_s"] > 0
+    assert linear["fit_ratio"] == pytest.approx(digitlab["fit_s"] / plain["fit_s"])
+    # The process also imports TensorFlow and loads data: it takes longer than its fit.
+    assert digitlab["wall_s"] > digitlab["fit_s"] and plain["wall_s"] > plain["fit_s"]
+
+    memory = results["memory"]
+    assert memory["train_arrays_float32_mb"] == pytest.approx(memory["train_images"] * 8 * 8 * 4 / 2**20)
+    # The train stage imports TensorFlow and MLflow too, so it needs at least what the imports alone need.
+    assert memory["models"]["linear"]["peak_rss_mb"] >= 0.9 * memory["import_floor_rss_mb"] > 0
+
+    runs = {(run_["recipe"], run_["model"]): run_ for run_ in results["accuracy"]["runs"]}
+    assert set(runs) == {("default", "linear"), ("tutorial_linear", "linear"), ("tutorial_cifar100_mlp", "mlp")}
+    for key in (("default", "linear"), ("tutorial_linear", "linear")):
+        assert 0.0 <= runs[key]["test_accuracy"] <= 1.0 and runs[key]["dataset"] == "digits"
+    assert "92.1%" in runs[("tutorial_linear", "linear")]["published"]
+    assert "not reachable" in runs[("tutorial_cifar100_mlp", "mlp")]["skipped"]
+
+    targets = {row["target"]: row for row in results["targets"]}
+    assert any("linear training time" in target for target in targets)
+    assert all(isinstance(row["met"], bool) for row in results["targets"])
+    for heading in ("| target | measured | met |", "## Overhead", "## Memory", "## Accuracy", "tutorial_linear"):
+        assert heading in markdown
+
+
+def test_caching_part_reruns_only_the_changed_model(tmp_path: Path) -> None:
+    results, markdown = bench(tmp_path, "--parts", "caching", "--noop-repeats", "1")
+
+    caching = results["caching"]
+    assert len(caching["first_stages_ran"]) == 9  # download, preprocess, 3 x train, 3 x evaluate, report
+    assert [run_["stages_ran"] for run_ in caching["noop"]] == [[]]
+    assert caching["noop_repro_s"] > 0
+    assert caching["change"]["stages_ran"] == ["evaluate@linear", "report", "train@linear"]
+    assert caching["change"]["only_expected_ran"] is True
+    assert "## Caching" in markdown and "no-op" in markdown
+
+
+def test_unknown_part_is_refused_before_any_work(tmp_path: Path) -> None:
+    result = run([sys.executable, "-m", "benchmarks.run", "--parts", "overhead,speed", "--out-dir", str(tmp_path)], ROOT, check=False, timeout=60)
+    assert result.returncode == 2
+    assert "--parts: unknown speed" in result.stderr
+    assert not (tmp_path / "results.json").exists()
