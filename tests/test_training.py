@@ -248,3 +248,35 @@ def test_unreachable_tracking_server_fails_within_seconds_naming_it(workspace):
     with pytest.raises(DigitlabError, match=rf"MLflow tracking server {uri} is unreachable"):
         train(config(workspace, "linear", "unreachable", f"tracking.uri={uri}"))
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("preset", "dataset", "model"),
+    [
+        ("tutorial_linear", "mnist", "linear"),
+        ("tutorial_cnn", "mnist", "cnn"),
+        ("tutorial_dnn", "mnist", "mlp"),
+        ("tutorial_keras_mlp", "mnist", "mlp"),
+        ("tutorial_cifar100_mlp", "cifar100", "mlp"),
+    ],
+)
+def test_tutorial_presets_are_valid_recipes_for_their_dataset(preset, dataset, model):
+    from digitlab.models import build_model
+    from digitlab.training.settings import recipe_from_config
+
+    cfg = compose([f"experiment={preset}"], root=ROOT)
+    recipe = recipe_from_config(cfg)
+    assert cfg.dataset.name == dataset and recipe.name == model
+    assert recipe.optimizer["schedule"] is None, "the tutorials train with a constant learning rate"
+    classes = 100 if dataset == "cifar100" else 10
+    assert build_model(recipe.model, cfg.dataset.image_shape, classes).output_shape == (None, classes)
+
+
+def test_tutorial_schedules_match_the_tutorials():
+    from digitlab.training.settings import recipe_from_config
+
+    linear = recipe_from_config(compose(["experiment=tutorial_linear"], root=ROOT))
+    assert linear.schedule(55_000) == (550, 2, 1000)  # 1,000 iterations of 100 images, evaluated each pass
+    cnn = recipe_from_config(compose(["experiment=tutorial_cnn"], root=ROOT))
+    steps_per_eval, _, _ = cnn.schedule(55_000)
+    assert steps_per_eval == 100 and steps_per_eval * cnn.training["early_stopping"]["patience"] == 1000

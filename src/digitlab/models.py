@@ -17,6 +17,10 @@ from digitlab.errors import ConfigError, require_choice, require_non_negative, r
 
 OPTIMIZERS = ("adagrad", "adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "exponential")
+# Keras' default (0.99) needs thousands of steps before the moving statistics
+# used at inference match the batches: on mnist_5k (28 steps an epoch) the CNN
+# then scores ~12% on validation while training at 90%. 0.9 settles in ~50 steps.
+BATCH_NORM_MOMENTUM = 0.9
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "sigmoid", "tanh", "swish", "linear")
 
 
@@ -91,7 +95,7 @@ def _build_mlp(model: Mapping[str, Any], num_classes: int) -> list:
     for i, units in enumerate(model["hidden_units"], start=1):
         layers.append(keras.layers.Dense(int(units), kernel_regularizer=_regularizer(model), name=f"dense_{i}"))
         if model.get("batch_norm"):
-            layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{i}"))
+            layers.append(keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"batch_norm_{i}"))
         layers.append(keras.layers.Activation(model.get("activation", "relu"), name=f"{model.get('activation', 'relu')}_{i}"))
         if dropout > 0:
             layers.append(keras.layers.Dropout(dropout, name=f"dropout_{i}"))
@@ -114,7 +118,7 @@ def _build_cnn(model: Mapping[str, Any], num_classes: int) -> list:
                 )
             )
             if model.get("batch_norm"):
-                layers.append(keras.layers.BatchNormalization(name=f"block{block}_batch_norm{conv}"))
+                layers.append(keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"block{block}_batch_norm{conv}"))
             layers.append(keras.layers.Activation(activation, name=f"block{block}_{activation}{conv}"))
         layers.append(keras.layers.MaxPooling2D(int(model["pool_size"]), name=f"block{block}_pool"))
         if dropout > 0:
