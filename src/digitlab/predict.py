@@ -12,6 +12,7 @@ when it matches the model, else the class indices are printed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,7 @@ def load_model(spec: str, root: Path, settings: DictConfig):
             raise DigitlabError(f"--model {spec}: no such file; expected {_MODEL_CHOICES}")
         if path.is_dir() or path.suffix != ".keras":
             raise DigitlabError(f"--model {spec} is not a .keras file; expected {_MODEL_CHOICES}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the answer
     import keras
 
     try:
@@ -123,6 +125,7 @@ def _load_mlflow_model(uri: str, settings: DictConfig):
 
     from digitlab import tracking
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     store = tracking.configure(settings.tracking)
     try:
         flavors = mlflow.models.get_model_info(uri).flavors

@@ -159,15 +159,15 @@ def first_layer_weight_maps(model, image_shape: tuple[int, int, int], class_name
             units = kernel.shape[1]
             maps = kernel.reshape(height, width, channels, units).mean(axis=2).transpose(2, 0, 1)
             if layer is model.layers[-1] and units == len(class_names):
-                return maps, [f"class {name}" for name in class_names][:MAX_WEIGHT_MAPS], "Weights per class (red positive, blue negative)"
+                return maps, [f"class {name}" for name in class_names][:MAX_WEIGHT_MAPS], "weights per class (red positive, blue negative)"
             shown = min(units, MAX_WEIGHT_MAPS)
-            return maps[:shown], [f"unit {i}" for i in range(shown)], f"First hidden layer: {shown} of {units} units (red positive, blue negative)"
+            return maps[:shown], [f"unit {i}" for i in range(shown)], f"first hidden layer, {shown} of {units} units (red positive, blue negative)"
         if kind == "Conv2D":
             kernel = np.asarray(layer.kernel)  # (kh, kw, in_channels, filters)
             filters = kernel.shape[-1]
             shown = min(filters, MAX_WEIGHT_MAPS)
             maps = kernel.mean(axis=2).transpose(2, 0, 1)[:shown]
-            return maps, [f"filter {i}" for i in range(shown)], f"First convolution: {shown} of {filters} filters (red positive, blue negative)"
+            return maps, [f"filter {i}" for i in range(shown)], f"first convolution, {shown} of {filters} filters (red positive, blue negative)"
         return None
     return None
 
@@ -234,7 +234,7 @@ def draw_figures(
     )
     if weight_maps is not None:
         maps, titles, title = weight_maps
-        written["weights"] = plots.save_png(plots.weight_maps_figure(maps, titles, title=f"{title} ({name})"), figures_dir / FIGURES["weights"])
+        written["weights"] = plots.save_png(plots.weight_maps_figure(maps, titles, title=f"{name}: {title}"), figures_dir / FIGURES["weights"])
     return written
 
 

@@ -44,7 +44,8 @@ def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> flo
     """Share of images whose true class is among the ``k`` most probable (k capped at K)."""
     y_true, probabilities = _check(y_true, probabilities)
     num_classes = probabilities.shape[1]
-    k = min(int(k), num_classes)
+    if k >= num_classes:  # every class is among the top k
+        return 1.0
     if num_classes == 2:  # sklearn's binary form wants the positive-class score
         return float(skm.top_k_accuracy_score(y_true, probabilities[:, 1], k=k, labels=[0, 1]))
     return float(skm.top_k_accuracy_score(y_true, probabilities, k=k, labels=np.arange(num_classes)))
