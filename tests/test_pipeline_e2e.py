@@ -1,0 +1,140 @@
+"""The whole DAG as a user runs it: dvc repro, a no-op repro, a one-model experiment, metrics, plots, MLflow."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from .conftest import run
+
+RECIPES = ("linear", "mlp", "cnn")
+
+TINY = """# @package _global_
+# Tiny settings for the end-to-end test: real training, seconds per model.
+defaults:
+  - override /dataset: digits
+models:
+  linear:
+    training: {epochs: 2, batch_size: 64}
+  mlp:
+    model: {hidden_units: [32]}
+    training: {epochs: 2, batch_size: 64}
+  cnn:
+    model: {conv_filters: [8], dense_units: [16]}
+    training: {epochs: 1, batch_size: 64}
+"""
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real `dvc repro` of the whole pipeline on tiny settings, then the follow-ups."""
+    from .conftest import ROOT
+
+    import shutil
+    import subprocess
+
+    project = tmp_path_factory.mktemp("e2e") / "project"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+    # Uncommitted work in the source tree must be tested too: copy it over the clone.
+    for name in ("conf", "pipeline", "src", "dvc.yaml", "params.yaml"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.rmtree(project / name)
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, project / name)
+    (project / "conf" / "experiment" / "tiny.yaml").write_text(TINY)
+    config = project / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: tiny"))
+    run(["digitlab", "params"], project)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    run([*git, "add", "-A"], project)
+    run([*git, "commit", "-qm", "tiny settings"], project)
+
+    env = {"MLFLOW_TRACKING_URI": ""}  # the project's own store: <root>/mlflow.db
+    first = run(["dvc", "repro"], project, env=env, timeout=900)
+    noop = run(["dvc", "repro"], project, env=env)
+    run([*git, "add", "-A"], project)
+    run([*git, "commit", "-qm", "first run"], project)
+    experiment = run(["dvc", "exp", "run", "-S", "models.cnn.training.epochs=2"], project, env=env, timeout=900)
+    return {"project": project, "first": first.stdout, "noop": noop.stdout, "experiment": experiment.stdout}
+
+
+def test_first_repro_runs_every_stage_and_writes_every_output(pipeline: dict) -> None:
+    project: Path = pipeline["project"]
+    expected = {"download", "preprocess", *(f"{s}@{m}" for s in ("train", "evaluate") for m in RECIPES), "report"}
+    assert stages_run(pipeline["first"]) == expected
+    for model in RECIPES:
+        assert (project / "models" / model / "model.keras").stat().st_size > 0
+        metrics = json.loads((project / "reports" / model / "metrics.json").read_text())
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+        assert sorted((project / "reports" / model / "figures").glob("*.png"))
+    report = (project / "reports" / "report.html").read_text()
+    assert all(model in report for model in RECIPES)
+    assert "data:image/png;base64," in report
+
+
+def test_second_repro_does_nothing(pipeline: dict) -> None:
+    assert stages_run(pipeline["noop"]) == set()
+    assert "Data and pipelines are up to date" in pipeline["noop"]
+
+
+def test_changing_one_model_reruns_only_that_model_and_the_report(pipeline: dict) -> None:
+    assert stages_run(pipeline["experiment"]) == {"train@cnn", "evaluate@cnn", "report"}
+
+
+def test_params_yaml_was_recomposed_with_the_experiment_override(pipeline: dict) -> None:
+    params = yaml.safe_load((pipeline["project"] / "params.yaml").read_text())
+    assert params["models"]["cnn"]["training"]["epochs"] == 2
+    assert params["dataset"]["name"] == "digits"  # the tiny preset from conf/ still applies
+
+
+def test_dvc_metrics_show_and_diff_list_the_three_models(pipeline: dict) -> None:
+    project = pipeline["project"]
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    files = {path for revision in shown.values() for path in revision["data"]}
+    for model in RECIPES:
+        assert f"reports/{model}/metrics.json" in files
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
+    assert any(path.startswith("reports/cnn/") for path in diff), "the CNN experiment changed no CNN metric"
+
+
+def test_dvc_plots_show_renders_confusion_matrices_and_curves(pipeline: dict) -> None:
+    project = pipeline["project"]
+    run(["dvc", "plots", "show", "-o", "plots_html"], project)
+    html = (project / "plots_html" / "index.html").read_text()
+    assert "confusion" in html.lower()
+    assert "val_accuracy" in html
+
+
+def test_dvc_exp_show_lists_the_experiment(pipeline: dict) -> None:
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], pipeline["project"]).stdout
+    assert "models.cnn.training.epochs" in shown
+
+
+def test_mlflow_store_at_the_project_root_holds_finished_runs(pipeline: dict) -> None:
+    project: Path = pipeline["project"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = [run for exp in client.search_experiments() for run in client.search_runs([exp.experiment_id])]
+    by_model = {}
+    for found in runs:
+        assert found.info.status == "FINISHED", f"run {found.info.run_id} is {found.info.status}"
+        by_model.setdefault(found.data.tags.get("model"), []).append(found)
+    for model in RECIPES:
+        assert by_model.get(model), f"no MLflow run for {model}"
+    cnn_runs = by_model["cnn"]
+    assert len(cnn_runs) == 2, "the experiment's CNN retraining should be a second CNN run"
+    latest = max(cnn_runs, key=lambda found: found.info.start_time)
+    assert "test_accuracy" in latest.data.metrics, "evaluate did not log to the training run"
+    history = client.get_metric_history(latest.info.run_id, "val_accuracy")
+    assert sorted(metric.step for metric in history) == [0, 1, 2], "before training (step 0), then one per epoch"
+    assert latest.data.tags.get("dvc_experiment"), "a run under `dvc exp run` is tagged with the experiment name"
