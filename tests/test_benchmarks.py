@@ -46,6 +46,7 @@ def test_overhead_memory_and_accuracy_parts_measure_and_report(tmp_path: Path) -
     assert memory["train_arrays_float32_mb"] == pytest.approx(memory["train_images"] * 8 * 8 * 4 / 2**20)
     # The train stage imports TensorFlow and MLflow too, so it needs at least what the imports alone need.
     assert memory["models"]["linear"]["peak_rss_mb"] >= 0.9 * memory["import_floor_rss_mb"] > 0
+    assert memory["models"]["linear"]["plain_keras_peak_rss_mb"] == linear["median"]["plain"]["peak_rss_mb"]
 
     runs = {(run_["recipe"], run_["model"]): run_ for run_ in results["accuracy"]["runs"]}
     assert set(runs) == {("default", "linear"), ("tutorial_linear", "linear"), ("tutorial_cifar100_mlp", "mlp")}
