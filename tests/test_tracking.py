@@ -89,7 +89,7 @@ def mlflow_server(tmp_path: Path, _mlflow_template: Path):
             try:
                 if requests.get(f"{uri}/health", timeout=2).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still starting up
                 pass
             assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
             time.sleep(0.5)
@@ -148,3 +148,11 @@ def test_killed_training_resumes_from_its_checkpoint_in_the_same_run(signum, dat
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     epochs = [m.step for m in client.get_metric_history(resumed.run_id, "val_accuracy")]
     assert sorted(set(epochs)) == list(range(21)) and len(epochs) <= 22  # at most the killed evaluation twice
+
+
+def test_run_tags_name_the_dvc_experiment_and_commit(monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "crisp-lynx")
+    tags = tracking.run_tags("cnn", "mnist_5k")
+    assert tags["model"] == "cnn" and tags["dataset"] == "mnist_5k" and tags["dvc_experiment"] == "crisp-lynx"
+    assert tags["git_commit"] == tracking.git_commit(ROOT) and len(tags["git_commit"]) == 40
+    assert "hydra_overrides" not in tags  # not a Hydra job
