@@ -85,6 +85,7 @@ def train(cfg: DictConfig, callbacks: Sequence = ()) -> TrainResult:
     recipe = recipe_from_config(cfg)
     prepared = project_root() / cfg.paths.data / "prepared"
     meta = load_meta(prepared)
+    uri = tracking.configure(cfg.tracking)
     import keras
     import tensorflow as tf
 
@@ -93,9 +94,8 @@ def train(cfg: DictConfig, callbacks: Sequence = ()) -> TrainResult:
     keras.utils.set_random_seed(int(cfg.seed))
     if recipe.training["deterministic"]:
         tf.config.experimental.enable_op_determinism()
-    # Built before anything else is touched: a model that does not fit the input fails here.
+    # Built before any output or MLflow run exists: a model that does not fit the input fails here.
     model = build_model(recipe.model, meta.image_shape, meta.num_classes, f"models.{recipe.name}.model")
-    uri = tracking.configure(cfg.tracking)
 
     from digitlab.training.checkpoints import CheckpointDir, RunState, fingerprint
 
