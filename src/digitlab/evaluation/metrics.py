@@ -118,7 +118,7 @@ def summarize(y_true: np.ndarray, probabilities: np.ndarray, *, top_k: int, conf
     weighted = precision_recall_f1(y_true, y_pred, num_classes, "weighted")
     auc = roc_auc(y_true, probabilities)
     return {
-        "accuracy": correct / len(y_true),
+        "accuracy": accuracy(y_true, y_pred),
         "accuracy_ci_low": low,
         "accuracy_ci_high": high,
         "log_loss": log_loss(y_true, probabilities),
