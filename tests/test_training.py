@@ -119,6 +119,9 @@ def test_mlflow_run_holds_params_metric_histories_tags_and_artifacts(trained, wo
     artifacts = {a.path for a in client(workspace).list_artifacts(result.run_id)}
     assert {"config.yaml", "curves.png", "history.csv", "checkpoints"} <= artifacts
     assert [a.path for a in client(workspace).list_artifacts(result.run_id, "checkpoints")] == ["checkpoints/best.keras"]
+    # Artifacts live beside the store, not in whatever directory the run started from.
+    assert run.info.artifact_uri.startswith((workspace["base"] / "mlruns").as_uri())
+    assert (workspace["base"] / "mlruns" / "tests-mlp").is_dir()
 
 
 def test_logged_model_predicts_through_pyfunc(trained, tiny_prepared):

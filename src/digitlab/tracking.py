@@ -120,13 +120,30 @@ def run_tags(model: str, dataset: str) -> dict[str, str]:
     return tags
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: beside the store.
+
+    MLflow's default for a database store is ``./mlruns`` in the working
+    directory: a test's or a ``dvc exp run --temp`` copy's artifacts would land
+    wherever the command happened to run. A server decides for itself (None).
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" or not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///") :])
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+    return (database.parent / "mlruns" / safe_name).as_uri()
+
+
 def experiment_id(cfg: DictConfig) -> str:
-    """The id of the run's experiment, created when it does not exist yet."""
+    """The id of the run's experiment, created (artifacts beside a SQLite store) when it does not exist yet."""
     import mlflow
 
     name = experiment_name(cfg)
     experiment = mlflow.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else mlflow.create_experiment(name)
+    if experiment:
+        return experiment.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location(mlflow.get_tracking_uri(), name))
 
 
 def run_exists(run_id: str) -> bool:
