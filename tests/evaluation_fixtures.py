@@ -33,9 +33,9 @@ def _build(name: str, image_shape: tuple[int, int, int], num_classes: int):
 
 @pytest.fixture(scope="session")
 def trained_models(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``models/<name>/{model.keras,history.csv,train.json}`` for linear, mlp and cnn, fitted on 8x8 digits.
+    """``models/<name>/{model.keras,history.csv,train.json,run.json}`` for linear, mlp and cnn, fitted on 8x8 digits.
 
-    train.json has no MLflow run id; :func:`with_mlflow_runs` adds real runs to a copy.
+    run.json has no MLflow run id; :func:`with_mlflow_runs` adds real runs to a copy.
     """
     import keras
 
@@ -63,8 +63,9 @@ def trained_models(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory
         )
         history.to_csv(out / "history.csv", index=False)
         best = int(np.argmax(fit.history["val_accuracy"]))
+        run_info = {"model": name, "dataset": meta.dataset, "run_id": None, "experiment_id": None, "tracking_uri": None, "model_uri": None}
+        (out / "run.json").write_text(json.dumps(run_info), encoding="utf-8")
         info = {
-            "model": name, "dataset": meta.dataset, "run_id": None, "experiment_id": None, "tracking_uri": None, "model_uri": None,
             "best_epoch": best + 1, "epochs": epochs, "steps": int(history["step"].iloc[-1]), "stopped_early": False,
             "train_time_s": 1.0, "initial_val_accuracy": 0.1, "val_accuracy": fit.history["val_accuracy"][best],
             "val_loss": fit.history["val_loss"][best], "params": int(model.count_params()), "images_per_s": 1000.0,
@@ -74,7 +75,7 @@ def trained_models(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def with_mlflow_runs(models_dir: Path, destination: Path, experiment: str) -> dict[str, str]:
-    """Copy ``models_dir`` to ``destination`` with one finished MLflow run per model recorded in train.json.
+    """Copy ``models_dir`` to ``destination`` with one finished MLflow run per model recorded in run.json.
 
     Uses the current tracking URI (the ``mlflow_uri`` fixture). Returns {model: run_id}.
     """
@@ -86,7 +87,7 @@ def with_mlflow_runs(models_dir: Path, destination: Path, experiment: str) -> di
     for name in MODEL_NAMES:
         with mlflow.start_run(run_name=f"train-{name}") as active:
             mlflow.log_metric("val_accuracy", 0.5)
-        path = destination / name / "train.json"
+        path = destination / name / "run.json"
         info = json.loads(path.read_text(encoding="utf-8"))
         info.update(run_id=active.info.run_id, experiment_id=experiment_id, tracking_uri=mlflow.get_tracking_uri())
         path.write_text(json.dumps(info), encoding="utf-8")
@@ -151,7 +152,7 @@ def reported(evaluated) -> tuple[Path, dict[str, str], str, str]:
         # The train stage logs its model the same way (mlflow.keras.log_model, artifact "model").
         with mlflow.start_run(run_id=run_ids[best]):
             info = mlflow.keras.log_model(keras.models.load_model(root / "models" / best / "model.keras"), name="model")
-        path = root / "models" / best / "train.json"
+        path = root / "models" / best / "run.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "model_uri": info.model_uri}))
         build.run(config("report.register_alias=champion", "report.registered_model_name=digitlab-digits", "tracking.ui_url=http://127.0.0.1:5000"))
     return root, run_ids, uri, best

@@ -90,7 +90,7 @@ def test_registering_needs_a_logged_model(evaluated, tmp_path, monkeypatch):
     copy = tmp_path / "project"
     shutil.copytree(root, copy)
     for name in MODEL_NAMES:  # as if trained with tracking.log_models=false
-        path = copy / "models" / name / "train.json"
+        path = copy / "models" / name / "run.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "model_uri": None}))
     monkeypatch.setenv("DVC_ROOT", str(copy))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copy / 'mlflow.db'}")

@@ -86,7 +86,10 @@ def test_each_model_learns_and_writes_the_stage_outputs(trained, workspace, tiny
     assert result.initial_val_accuracy < 0.3, "before training a model should be near chance (10%)"
     assert result.val_accuracy > 0.6, f"{name} did not learn: {result}"
 
-    summary = json.loads((out / "train.json").read_text())
+    numbers = json.loads((out / "train.json").read_text())
+    ids = json.loads((out / "run.json").read_text())
+    assert all(isinstance(value, (int, float)) for value in numbers.values()), "train.json holds DVC metrics: numbers only"
+    summary = {**numbers, **ids}
     assert TRAIN_JSON_KEYS <= set(summary) and summary["run_id"] == result.run_id
     assert summary["epochs"] == 3 and summary["steps"] == 3 * 19 and summary["params"] > 0 and summary["images_per_s"] > 0
 

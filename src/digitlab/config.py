@@ -170,6 +170,9 @@ def to_flat_dict(cfg: DictConfig | dict, sep: str = ".") -> dict[str, Any]:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    # TensorFlow's C++ start-up notices (CPU instructions, oneDNN) say nothing a user can act on;
+    # warnings and errors still show. Must be set before TensorFlow is imported.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("alembic", "mlflow.store", "git", "urllib3", "h5py", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,7 +1,7 @@
 """The evaluate stage: one trained model measured on the test split.
 
 Reads ``<paths.models>/<model>/`` (model.keras with the best weights,
-history.csv, train.json) and the prepared test split; writes to
+history.csv, train.json, run.json) and the prepared test split; writes to
 ``<paths.reports>/<model>/``:
 
 - ``metrics.json``: the headline numbers (DVC metrics, flat);
@@ -43,6 +43,7 @@ TRAIN_OUTPUTS = {
     "model": "model.keras",
     "history": "history.csv",
     "train_info": "train.json",
+    "run_info": "run.json",
 }
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 FIGURES = {
@@ -66,6 +67,11 @@ class TrainOutputs:
     model: Path
     history: Path
     train_info: Path
+    run_info: Path
+
+    def read_info(self) -> dict:
+        """train.json's numbers and run.json's MLflow ids, as one record."""
+        return read_train_info(self.train_info.parent)
 
     @classmethod
     def locate(cls, directory: Path, name: str) -> TrainOutputs:
@@ -77,6 +83,15 @@ class TrainOutputs:
                     f"{', '.join(TRAIN_OUTPUTS.values())} in {directory} (run dvc repro train@{name})"
                 )
         return cls(**paths)
+
+
+def read_train_info(directory: Path) -> dict:
+    """One model's train.json (numbers) merged with its run.json (MLflow run and model ids)."""
+    info = json.loads((directory / TRAIN_OUTPUTS["train_info"]).read_text(encoding="utf-8"))
+    run_file = directory / TRAIN_OUTPUTS["run_info"]
+    if run_file.is_file():
+        info.update(json.loads(run_file.read_text(encoding="utf-8")))
+    return info
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -258,7 +273,7 @@ def log_to_mlflow(cfg: DictConfig, run_id: str, result: dict, outputs_dir: Path,
         client.get_run(run_id)
     except MlflowException as exc:
         raise DigitlabError(
-            f"MLflow run {run_id} (run_id in {cfg.paths.models}/{cfg.model}/train.json) is not in the store {uri}: "
+            f"MLflow run {run_id} (run_id in {cfg.paths.models}/{cfg.model}/run.json) is not in the store {uri}: "
             "evaluate with the tracking settings the model was trained with, or retrain it"
         ) from exc
     now = int(time.time() * 1000)
@@ -283,7 +298,7 @@ def run(cfg: DictConfig) -> dict:
 
     meta = load_meta(prepared_dir)
     x_test, y_test = load_split(prepared_dir, "test")
-    train_info = json.loads(train_outputs.train_info.read_text(encoding="utf-8"))
+    train_info = train_outputs.read_info()
     history = load_history(train_outputs.history)
     model = load_keras_model(train_outputs.model)
     log.info("evaluating %s on %d test images (%s)", name, len(y_test), meta.dataset)

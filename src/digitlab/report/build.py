@@ -2,7 +2,7 @@
 
 Reads, per model under ``cfg.models``, the evaluate stage's
 ``<paths.reports>/<model>/`` (metrics.json, predictions.npz, figures/) and
-the train stage's ``<paths.models>/<model>/`` (train.json, history.csv).
+the train stage's ``<paths.models>/<model>/`` (train.json, run.json, history.csv).
 Writes ``<paths.reports>/report.html`` (images embedded as base64, opens from
 disk) and ``<paths.reports>/summary.md``.
 
@@ -33,7 +33,7 @@ from digitlab.config import atomic_write_text, project_root
 from digitlab.data.prepared import load_meta
 from digitlab.errors import DigitlabError
 from digitlab.evaluation import metrics, plots
-from digitlab.evaluation.evaluate import FIGURES, load_history
+from digitlab.evaluation.evaluate import FIGURES, load_history, read_train_info
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ def load_model_result(name: str, reports_dir: Path, models_dir: Path, ui_url: st
     trained = models_dir / name
     for filename in EVALUATE_OUTPUTS:
         _require_file(evaluated / filename, name, "evaluate")
-    train_info = json.loads(_require_file(trained / "train.json", name, "train").read_text(encoding="utf-8"))
+    _require_file(trained / "train.json", name, "train")
+    train_info = read_train_info(trained)
     history = load_history(_require_file(trained / "history.csv", name, "train"))
     with np.load(evaluated / "predictions.npz") as predictions:
         y_true, y_pred = predictions["y_true"], predictions["y_pred"]
@@ -206,7 +207,7 @@ def register_best(result: ModelResult, registered_model_name: str, alias: str) -
     model_uri = result.train_info.get("model_uri")
     if not model_uri:
         raise DigitlabError(
-            f"report.register_alias={alias!r} asks to register the best model {result.name!r}, but its train.json has no "
+            f"report.register_alias={alias!r} asks to register the best model {result.name!r}, but its run.json has no "
             "model_uri: train it with tracking.log_models=true, or set report.register_alias=null"
         )
     version = mlflow.register_model(model_uri, registered_model_name, tags={"digitlab.model": result.name})
@@ -252,7 +253,7 @@ def run(cfg: DictConfig) -> Path:
         tracking.configure(cfg.tracking)
     if alias:
         if not tracked:
-            raise DigitlabError(f"report.register_alias={alias!r} needs MLflow runs, but no train.json in {models_dir} has a run_id")
+            raise DigitlabError(f"report.register_alias={alias!r} needs MLflow runs, but no run.json in {models_dir} has a run_id")
         registered = register_best(best, str(cfg.report.registered_model_name), str(alias))
 
     html, summary = render(results, comparisons, dataset=meta.dataset, num_classes=meta.num_classes, registered=registered)

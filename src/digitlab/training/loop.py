@@ -29,9 +29,13 @@ from digitlab.training.settings import Recipe, recipe_from_config
 log = logging.getLogger("digitlab.training")
 
 
+# Identifiers, not measurements: they go to run.json, the numbers to train.json.
+RUN_KEYS = ("model", "dataset", "run_id", "experiment_id", "tracking_uri", "model_uri")
+
+
 @dataclass(frozen=True)
 class TrainResult:
-    """What ``train.json`` holds (plus where the outputs are)."""
+    """What ``train.json`` and ``run.json`` hold together."""
 
     model: str
     dataset: str
@@ -52,6 +56,14 @@ class TrainResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def metrics_json(self) -> dict:
+        """The numbers of ``train.json`` (DVC metrics: ``dvc metrics show`` stays a table of numbers)."""
+        return {key: value for key, value in self.to_json().items() if key not in RUN_KEYS}
+
+    def run_json(self) -> dict:
+        """Where the run lives: ``run.json`` (MLflow ids and URIs)."""
+        return {key: value for key, value in self.to_json().items() if key in RUN_KEYS}
 
 
 def output_dir(cfg: DictConfig, model: str) -> Path:
@@ -239,7 +251,8 @@ def _fit_and_save(cfg, recipe: Recipe, model, meta, prepared: Path, out: Path, c
         params=int(sum(np.prod(w.shape) for w in final.trainable_weights)),
         images_per_s=round(trained_steps * int(training["batch_size"]) / fit_time, 1) if fit_time > 0 else 0.0,
     )
-    atomic_write_text(out / "train.json", json.dumps(result.to_json(), indent=2) + "\n")
+    atomic_write_text(out / "run.json", json.dumps(result.run_json(), indent=2) + "\n")
+    atomic_write_text(out / "train.json", json.dumps(result.metrics_json(), indent=2) + "\n")
     state.completed = True
     checkpoints.save_state(state)
     log.info(
