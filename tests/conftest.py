@@ -29,6 +29,27 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, 
     return result
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _isolate_mlflow_state():
+    """Each test module starts with the process's MLflow state as it found it.
+
+    mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI, and
+    mlflow.set_experiment sets a process-wide active experiment: neither may
+    leak from one module's stores into the next module's tests.
+    """
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            if name in os.environ:
+                patch.setenv(name, os.environ[name])
+            else:
+                patch.delenv(name, raising=False)
+        yield
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A fresh copy of this project in its own git + DVC repo, ready for `dvc repro`."""

@@ -28,16 +28,6 @@ TINY_MLP = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _keep_tracking_env():
-    """mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: don't leak this module's stores to others."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI", "unset"))
-        if os.environ["MLFLOW_TRACKING_URI"] == "unset":
-            patch.delenv("MLFLOW_TRACKING_URI")
-        yield
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -156,3 +146,20 @@ def test_run_tags_name_the_dvc_experiment_and_commit(monkeypatch):
     assert tags["model"] == "cnn" and tags["dataset"] == "mnist_5k" and tags["dvc_experiment"] == "crisp-lynx"
     assert tags["git_commit"] == tracking.git_commit(ROOT) and len(tags["git_commit"]) == 40
     assert "hydra_overrides" not in tags  # not a Hydra job
+
+
+def test_a_run_starts_even_when_another_experiment_is_active(mlflow_uri: str) -> None:
+    """A notebook that called mlflow.set_experiment before must not break training's runs."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from digitlab import tracking
+
+    cfg = OmegaConf.create({"tracking": {"experiment": "digitlab-tests"}, "dataset": {"name": "digits"}})
+    first = tracking.start_run(cfg, "mlp", "digits")
+    mlflow.end_run()
+    mlflow.set_experiment("someone-elses-experiment")
+    resumed = tracking.start_run(cfg, "mlp", "digits", run_id=first.info.run_id)
+    assert resumed.info.run_id == first.info.run_id
+    mlflow.end_run()
+    assert mlflow.MlflowClient().get_run(first.info.run_id).info.status == "FINISHED"

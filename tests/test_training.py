@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import time
@@ -35,16 +34,6 @@ TINY = {
         "models.cnn.model.dense_units=[32]", "models.cnn.optimizer.learning_rate=0.01",
     ],
 }  # fmt: skip
-
-@pytest.fixture(autouse=True, scope="module")
-def _keep_tracking_env():
-    """mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: don't leak this module's stores to others."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI", "unset"))
-        if os.environ["MLFLOW_TRACKING_URI"] == "unset":
-            patch.delenv("MLFLOW_TRACKING_URI")
-        yield
-
 
 @pytest.fixture(scope="module")
 def workspace(tiny_prepared: Path, _mlflow_template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:

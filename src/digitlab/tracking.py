@@ -166,14 +166,16 @@ def start_run(cfg: DictConfig, model: str, dataset: str, run_id: str | None = No
     """
     import mlflow
 
-    if run_id:
-        return mlflow.start_run(run_id=run_id)
-    parent = os.environ.get(PARENT_RUN_ENV)
-    tags = run_tags(model, dataset)
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    run = mlflow.MlflowClient().create_run(experiment_id(cfg), tags=tags, run_name=f"{model}-{dataset}")
-    return mlflow.start_run(run_id=run.info.run_id)
+    if not run_id:
+        parent = os.environ.get(PARENT_RUN_ENV)
+        tags = run_tags(model, dataset)
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        run_id = mlflow.MlflowClient().create_run(experiment_id(cfg), tags=tags, run_name=f"{model}-{dataset}").info.run_id
+    # MLflow refuses to continue a run of another experiment than the process's active one
+    # (set by any earlier mlflow.set_experiment, e.g. in a notebook): make the run's own active.
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
+    return mlflow.start_run(run_id=run_id)
 
 
 def end_run_failed(error: BaseException) -> None:
