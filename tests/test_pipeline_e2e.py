@@ -79,8 +79,9 @@ def test_first_repro_runs_every_stage_and_writes_every_output(pipeline: dict) ->
         assert 0.0 <= metrics["accuracy"] <= 1.0
         assert sorted((project / "reports" / model / "figures").glob("*.png"))
     report = (project / "reports" / "report.html").read_text()
-    assert all(model in report for model in RECIPES)
+    assert all(f'id="row-{model}"' in report for model in RECIPES)
     assert "data:image/png;base64," in report
+    assert "McNemar" in (project / "reports" / "summary.md").read_text()
 
 
 def test_second_repro_does_nothing(pipeline: dict) -> None:
@@ -101,9 +102,11 @@ def test_params_yaml_was_recomposed_with_the_experiment_override(pipeline: dict)
 def test_dvc_metrics_show_and_diff_list_the_three_models(pipeline: dict) -> None:
     project = pipeline["project"]
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
-    files = {path for revision in shown.values() for path in revision["data"]}
+    files = next(iter(shown.values()))["data"]
     for model in RECIPES:
-        assert f"reports/{model}/metrics.json" in files
+        on_disk = json.loads((project / "reports" / model / "metrics.json").read_text())
+        assert files[f"reports/{model}/metrics.json"]["data"]["accuracy"] == pytest.approx(on_disk["accuracy"])
+        assert all(isinstance(v, (int, float)) for v in files[f"models/{model}/train.json"]["data"].values())
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
     assert any(path.startswith("reports/cnn/") for path in diff), "the CNN experiment changed no CNN metric"
 
