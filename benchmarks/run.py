@@ -467,7 +467,8 @@ def render_markdown(results: dict) -> str:
         "# digitlab benchmarks",
         "",
         f"Run {results['date']} on {machine_info['cpu']}, {machine_info['cores']} cores, {machine_info['memory_gb']} GB "
-        f"({'quick mode: tiny data, the numbers mean nothing' if settings['quick'] else 'full run'}), "
+        f"({'quick mode: tiny data, the numbers mean nothing' if settings['quick'] else 'parts: ' + ', '.join(settings['parts'])}; "
+        f"models: {', '.join(settings['models'])}), "
         f"{results['wall_s'] / 60:.1f} minutes in all. Command: `{settings['command']}`.",
         "",
         "Versions: " + ", ".join(f"{name} {value}" for name, value in results["versions"].items()) + ".",
