@@ -66,6 +66,25 @@ def test_keras_file_and_registered_mlflow_model(reported, known_images):
     # The registered model is the best pipeline model: same answer as loading its file directly.
     direct = digitlab("predict", str(paths[0]), "--model", best, "--top-k", "10", cwd=root)
     assert direct.stdout == registered.stdout
+    slash_form = digitlab(
+        "predict", str(paths[0]), "--model", "models:/digitlab-digits/champion", "--top-k", "10", cwd=root, env={"MLFLOW_TRACKING_URI": uri}
+    )
+    assert slash_form.stdout == registered.stdout
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("models:/digitlab-digits/champion", "models:/digitlab-digits@champion"),
+        ("models:/digitlab-digits/3", "models:/digitlab-digits/3"),
+        ("models:/digitlab-digits@champion", "models:/digitlab-digits@champion"),
+        ("runs:/abc/model", "runs:/abc/model"),
+    ],
+)
+def test_registry_uri_accepts_the_alias_after_a_slash(given, expected):
+    from digitlab.predict import registry_uri
+
+    assert registry_uri(given) == expected
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ def test_report_shows_every_model_with_its_metrics(reported):
         assert cells[6] == f"{result['n_params']:,}"
         # Linked to the run in the MLflow UI (tracking.ui_url is set).
         run_cell = re.search(r'<td class="run">(.*?)</td>', row.group(1), re.S).group(1)
-        assert f'href="http://127.0.0.1:5000/#/experiments/' in run_cell and f'/runs/{run_ids[name]}"' in run_cell
+        assert 'href="http://127.0.0.1:5000/#/experiments/' in run_cell and f'/runs/{run_ids[name]}"' in run_cell
     assert f'class="best" id="row-{best}"' in html
     # Self-contained: every picture is embedded, nothing is fetched.
     assert html.count('src="data:image/png;base64,') >= 1 + 5 * len(MODEL_NAMES)

@@ -157,6 +157,16 @@ def test_evaluation_every_n_steps_and_max_steps(workspace):
     assert history["step"].tolist() == [0, 5, 10, 12] and result.steps == 12 and result.epochs == 3
 
 
+def test_evaluation_every_n_epochs(workspace):
+    cfg = config(
+        workspace, "linear", "every2", "models.linear.training.eval_every_epochs=2", "models.linear.training.epochs=4",
+        "models.linear.training.early_stopping.enabled=false", "tracking.log_models=false",
+    )  # fmt: skip
+    result = train(cfg)
+    history = pd.read_csv(workspace["base"] / "every2" / "history.csv")
+    assert history["step"].tolist() == [0, 2 * 19, 4 * 19] and result.epochs == 2
+
+
 class InterruptAt(keras.callbacks.Callback):
     """Ctrl-C at the end of an evaluation (after digitlab's checkpoint of it)."""
 

@@ -2,7 +2,7 @@
 
 ``--model`` picks the model: a pipeline recipe (``linear``, ``mlp``, ``cnn``:
 ``<paths.models>/<name>/model.keras``), a ``.keras`` file, or an MLflow URI
-(``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``).
+(``models:/NAME@ALIAS`` or ``models:/NAME/ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``).
 Any image Pillow reads (PNG, JPEG, ...) is converted to the model's input:
 grey or RGB as the model expects, resized to its height and width. Class
 names come from the project's prepared data (``data/prepared/meta.json``)
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from digitlab.errors import DigitlabError
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 DEFAULT_MODEL = "cnn"
 DEFAULT_TOP_K = 3
-_MODEL_CHOICES = "linear, mlp, cnn, a .keras file, or an MLflow URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model)"
+_MODEL_CHOICES = "linear, mlp, cnn, a .keras file, or an MLflow URI (models:/NAME@ALIAS or models:/NAME/ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model)"
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,14 @@ def load_model(spec: str, root: Path, settings: DictConfig):
         raise DigitlabError(f"cannot load {path} as a Keras model: {exc}") from exc
 
 
+def registry_uri(uri: str) -> str:
+    """``models:/NAME/ALIAS`` -> ``models:/NAME@ALIAS``, MLflow's form; versions and other URIs stay as they are."""
+    match = re.fullmatch(r"models:/([^/@]+)/([^/]+)", uri)
+    if match and not match.group(2).isdigit():
+        return f"models:/{match.group(1)}@{match.group(2)}"
+    return uri
+
+
 def _load_mlflow_model(uri: str, settings: DictConfig):
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -127,6 +136,7 @@ def _load_mlflow_model(uri: str, settings: DictConfig):
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     store = tracking.configure(settings.tracking)
+    uri = registry_uri(uri)
     try:
         flavors = mlflow.models.get_model_info(uri).flavors
         if "keras" in flavors:
