@@ -104,19 +104,44 @@ def child_env(project: Path) -> dict[str, str]:
 
 
 def run_process(cmd: list[str], cwd: Path, log_path: Path, env: dict[str, str] | None = None) -> Process:
-    """Run ``cmd`` to completion; its wall time, its peak RSS (its own, from wait4) and its output."""
+    """Run ``cmd`` to completion; its wall time, CPU time, peak RSS and output.
+
+    The peak RSS is the child's own ``VmHWM`` (the high-water mark of the
+    address space it got at exec), polled every 20 ms until it exits. The
+    ``ru_maxrss`` that ``wait4`` returns is no use here: Linux carries the
+    parent's peak RSS over into the child at exec, so once this process has
+    loaded TensorFlow every child would appear to use at least as much.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w", encoding="utf-8") as output:
         started = time.perf_counter()
         process = subprocess.Popen(cmd, cwd=cwd, env=env or child_env(cwd), stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        peak_kb = 0
+        while True:
+            peak_kb = max(peak_kb, _high_water_kb(process.pid))
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.02)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
     text = log_path.read_text(encoding="utf-8", errors="replace")
     if process.returncode != 0:
         tail = "\n".join(text.splitlines()[-25:])
         raise BenchmarkError(f"{' '.join(map(str, cmd))} exited {process.returncode} (log: {log_path}):\n{tail}")
-    return Process(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024, output=text)
+    return Process(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, peak_rss_mb=peak_kb / 1024, output=text)
+
+
+def _high_water_kb(pid: int) -> int:
+    """``VmHWM`` of a running process in KiB; 0 once it has exited (a zombie has no memory)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def python(*args: Any) -> list[str]:
@@ -298,6 +323,20 @@ def import_floor_rss_mb(project: Path, modules: str, work: Path) -> float:
     return run_process(python("-c", f"import {modules}"), project, work / "logs" / "memory" / f"import-{name}.log").peak_rss_mb
 
 
+def _profile(project: Path, model: str, work: Path) -> dict:
+    """memray's view of one epoch of ``model``: where the heap is at its peak."""
+    try:
+        import memray  # noqa: F401
+    except ImportError:
+        return {"skipped": "memray is not installed (pip install -e '.[dev]')"}
+    from benchmarks.memory_profile import profile_train
+
+    profile = profile_train(project, model, [f"models.{model}.training.epochs=1"], work, run_process)
+    log(f"memory {model}: heap peak {profile['peak_heap_mb']:.0f} MB under memray: {profile['imports_mb']:.0f} MB "
+        f"imports, {profile['work_mb']:.0f} MB work; flame graph {profile['flamegraph']}")  # fmt: skip
+    return profile
+
+
 def measure_accuracy(work: Path, datasets: list[str], models: list[str], presets: list[str], quick: bool,
                      projects: dict[str, Path]) -> dict:  # fmt: skip
     """Default recipes and tutorial presets: train through digitlab, test accuracy of the saved model."""
@@ -391,6 +430,7 @@ def measure_memory(project: Path, accuracy: dict | None, overhead: dict | None, 
             f"{max(rss - floor, 0.0) / arrays_mb:.1f}x above the import floor")  # fmt: skip
     return {
         "dataset": dataset_info["dataset"],
+        "profiles": {model: _profile(project, model, work) for model in models},
         "train_images": dataset_info["train_images"],
         "train_arrays_float32_mb": arrays_mb,
         "import_floor_rss_mb": floor,
@@ -456,6 +496,29 @@ def targets_table(results: dict) -> list[dict]:
             rows.append({"target": f"{run['model']} default test accuracy >= {target:.1%} (Fashion-MNIST)",
                          "measured": f"{run['test_accuracy']:.2%}", "met": run["test_accuracy"] >= target})  # fmt: skip
     return rows
+
+
+def _profile_markdown(profiles: dict) -> list[str]:
+    """The memray breakdown of each profiled model: the live heap at its peak, by digitlab frame."""
+    lines = []
+    for model, profile in profiles.items():
+        if "skipped" in profile:
+            lines += ["", f"Memory profile of {model}: skipped ({profile['skipped']})."]
+            continue
+        lines += [
+            "",
+            f"### Where {model}'s heap is at its peak (memray, 1 epoch)",
+            "",
+            f"Heap peak {profile['peak_heap_mb']:.0f} MB: {profile['imports_mb']:.0f} MB allocated while importing "
+            f"and initialising libraries, {profile['work_mb']:.0f} MB by the work itself. Each allocation live at the "
+            "peak is charged to the innermost digitlab frame on its stack. The rest of the resident set is the "
+            f"libraries' mapped code (RssFile), which memray does not see. Flame graph: `{profile['flamegraph']}`.",
+            "",
+            "| MB | kind | digitlab frame |",
+            "|---|---|---|",
+            *(f"| {row['mb']:.1f} | {row['kind']} | `{row['where']}` |" for row in profile["top"]),
+        ]
+    return lines
 
 
 def render_markdown(results: dict) -> str:
@@ -533,6 +596,7 @@ def render_markdown(results: dict) -> str:
               f"{'' if entry['plain_keras_peak_rss_mb'] is None else format(entry['plain_keras_peak_rss_mb'], '.0f')} | {entry['run']} |"
               for model, entry in memory["models"].items()),
         ]
+        lines += _profile_markdown(memory.get("profiles", {}))
     accuracy = results.get("accuracy")
     if accuracy:
         lines += [

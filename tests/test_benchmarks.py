@@ -47,6 +47,11 @@ def test_overhead_memory_and_accuracy_parts_measure_and_report(tmp_path: Path) -
     # The train stage imports TensorFlow and MLflow too, so it needs at least what the imports alone need.
     assert memory["models"]["linear"]["peak_rss_mb"] >= 0.9 * memory["import_floor_rss_mb"] > 0
     assert memory["models"]["linear"]["plain_keras_peak_rss_mb"] == linear["median"]["plain"]["peak_rss_mb"]
+    # memray's breakdown accounts for the whole heap peak, and charges TensorFlow's import to the train loop.
+    profile = memory["profiles"]["linear"]
+    assert profile["imports_mb"] + profile["work_mb"] == pytest.approx(profile["peak_heap_mb"], rel=0.01)
+    assert any(row["kind"] == "imports" and row["where"].startswith("loop.py:") for row in profile["top"])
+    assert Path(profile["flamegraph"]).stat().st_size > 10_000
 
     runs = {(run_["recipe"], run_["model"]): run_ for run_ in results["accuracy"]["runs"]}
     assert set(runs) == {("default", "linear"), ("tutorial_linear", "linear"), ("tutorial_cifar100_mlp", "mlp")}
@@ -58,7 +63,7 @@ def test_overhead_memory_and_accuracy_parts_measure_and_report(tmp_path: Path) -
     targets = {row["target"]: row for row in results["targets"]}
     assert any("linear training time" in target for target in targets)
     assert all(isinstance(row["met"], bool) for row in results["targets"])
-    for heading in ("| target | measured | met |", "## Overhead", "## Memory", "## Accuracy", "tutorial_linear"):
+    for heading in ("| target | measured | met |", "## Overhead", "## Memory", "heap is at its peak", "## Accuracy", "tutorial_linear"):
         assert heading in markdown
 
 

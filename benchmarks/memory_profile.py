@@ -1,0 +1,63 @@
+"""Where the train stage's memory goes, measured with memray (not guessed).
+
+``profile_train`` runs one short training of a default recipe under
+``memray run --native --aggregate`` and reads back the allocations that were
+live at the heap's high-water mark. Each is charged to the innermost frame of
+digitlab's own code on its stack (or to the stage entry point), and split into
+*imports* (module code and library initialisation, triggered from that frame)
+and *work* (what that frame allocated while running). A flame graph of the
+same capture is written beside it, for a person to look at.
+
+The heap is only part of the resident set: the shared libraries' code pages
+(``RssFile``; TensorFlow's alone are hundreds of MB) are mapped, not
+allocated, and appear in the floor the benchmark measures separately.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+from pathlib import Path
+
+OURS = ("/digitlab/", "/pipeline/")
+IMPORT_FRAMES = ("_find_and_load", "_call_with_frames_removed")
+
+
+def profile_train(project: Path, model: str, overrides: list[str], work: Path, run_process) -> dict:
+    """Profile ``pipeline.train`` for ``model``; the breakdown at the heap's peak and the flame graph's path."""
+    capture = work / "memory" / f"memray-{model}.bin"
+    flamegraph = work / "memory" / f"memray-{model}-flamegraph.html"
+    capture.parent.mkdir(parents=True, exist_ok=True)
+    capture.unlink(missing_ok=True)
+    out = work / "memory" / f"profiled-{model}"
+    cmd = [sys.executable, "-m", "memray", "run", "--native", "--aggregate", "--quiet", "--output", str(capture),
+           "-m", "pipeline.train", "--params", "params.yaml", f"model={model}", f"output_dir={out}", *overrides]  # fmt: skip
+    run_process(cmd, project, work / "logs" / "memory" / f"memray-{model}.log")
+    subprocess.run([sys.executable, "-m", "memray", "flamegraph", "--force", "--output", str(flamegraph), str(capture)],
+                   check=True, capture_output=True)  # fmt: skip
+    return {"model": model, "overrides": overrides, "flamegraph": str(flamegraph), **breakdown(capture)}
+
+
+def breakdown(capture: Path, top: int = 12) -> dict:
+    """Live heap at its peak, grouped by digitlab frame and by imports vs work, in MB."""
+    from memray import FileReader
+
+    reader = FileReader(str(capture))
+    groups: collections.Counter[tuple[str, str]] = collections.Counter()
+    for record in reader.get_high_watermark_allocation_records(merge_threads=True):
+        stack = record.stack_trace(max_stacks=256)  # innermost frame first
+        ours = next((f"{Path(file).name}:{line} {function}" for function, file, line in stack if any(part in file for part in OURS)),
+                    "outside digitlab (interpreter, library threads)")  # fmt: skip
+        kind = "imports" if any(function in IMPORT_FRAMES for function, _, _ in stack) else "work"
+        groups[(kind, ours)] += record.size
+    mb = 2**20
+    totals = collections.Counter()
+    for (kind, _), size in groups.items():
+        totals[kind] += size
+    return {
+        "peak_heap_mb": reader.metadata.peak_memory / mb,
+        "imports_mb": totals["imports"] / mb,
+        "work_mb": totals["work"] / mb,
+        "top": [{"kind": kind, "where": where, "mb": size / mb} for (kind, where), size in groups.most_common(top)],
+    }
