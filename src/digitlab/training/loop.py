@@ -163,9 +163,15 @@ def _fit_and_save(cfg, recipe: Recipe, model, meta, prepared: Path, out: Path, c
     training = recipe.training
     x_train, y_train = load_split(prepared, "train")
     x_val, y_val = load_split(prepared, "val")
-    steps_per_eval, total_epochs, total_steps = recipe.schedule(len(y_train))
     batch_size = int(training["batch_size"])
+    train_size = len(y_train)
+    steps_per_eval, total_epochs, total_steps = recipe.schedule(train_size)
+    # History row 0 scores the untrained model on these (INITIAL_TRAIN_SAMPLE images).
+    initial_sample = x_train[:INITIAL_TRAIN_SAMPLE].copy(), y_train[:INITIAL_TRAIN_SAMPLE].copy()
     train_data = training_dataset(x_train, y_train, batch_size, int(training["shuffle_buffer"]), int(cfg.seed))
+    # tf.data keeps its own copy of the images: dropping ours takes a whole copy
+    # of the training set off the process's peak memory (benchmarks/TUNING.md).
+    del x_train, y_train
     val_data = evaluation_dataset(x_val, y_val, max(batch_size, 256))
     history_path = out / "history.csv"
 
@@ -181,10 +187,7 @@ def _fit_and_save(cfg, recipe: Recipe, model, meta, prepared: Path, out: Path, c
         before_val = model.evaluate(val_data, verbose=0, return_dict=True)
         # The untrained model's training loss and accuracy need no full pass: on 55,000
         # CNN inputs that pass costs a third of an epoch, and a sample tells the same (~chance).
-        sample = slice(0, INITIAL_TRAIN_SAMPLE)
-        before_train = model.evaluate(
-            evaluation_dataset(x_train[sample], y_train[sample], max(batch_size, 256)), verbose=0, return_dict=True
-        )
+        before_train = model.evaluate(evaluation_dataset(*initial_sample, max(batch_size, 256)), verbose=0, return_dict=True)
         row = {
             "epoch": 0, "step": 0, "loss": float(before_train["loss"]), "accuracy": float(before_train["accuracy"]),
             "val_loss": float(before_val["loss"]), "val_accuracy": float(before_val["accuracy"]),
@@ -211,7 +214,7 @@ def _fit_and_save(cfg, recipe: Recipe, model, meta, prepared: Path, out: Path, c
     if state.epoch < total_epochs and not state.stopped_early:
         log.info(
             "training %s on %s: %d train / %d validation images, %d evaluations of %d steps (batch %d)",
-            recipe.name, meta.dataset, len(y_train), len(y_val), total_epochs, steps_per_eval, batch_size,
+            recipe.name, meta.dataset, train_size, len(y_val), total_epochs, steps_per_eval, batch_size,
         )  # fmt: skip
         started = time.perf_counter()
         model.fit(
