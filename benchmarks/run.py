@@ -15,7 +15,9 @@ Parts (``--parts``, all by default):
   one model changed, checking from DVC's output which stages ran.
 - memory: peak RSS of the train stage (default recipes, full dataset) next to
   the training images as float32, and the RSS of a process that only imports
-  TensorFlow, Keras and MLflow (the floor that is not ours).
+  TensorFlow, Keras and MLflow (the floor that is not ours); then one epoch of
+  each model under memray: what is live at the heap's peak, by digitlab frame
+  (``benchmarks/memory_profile.py``), and a flame graph.
 - accuracy: test accuracy of the default recipes and of the tutorial presets
   on each ``--accuracy-datasets`` dataset, next to the tutorials' published
   numbers (MNIST / CIFAR-100 numbers, labelled as such).
