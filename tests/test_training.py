@@ -23,7 +23,7 @@ from digitlab.training.checkpoints import STATE
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_JSON_KEYS = {
     "model", "dataset", "run_id", "experiment_id", "tracking_uri", "best_epoch", "epochs", "steps", "stopped_early",
-    "train_time_s", "initial_val_accuracy", "val_accuracy", "val_loss", "params", "images_per_s",
+    "train_time_s", "initial_val_accuracy", "val_accuracy", "val_loss", "trainable_params", "images_per_s",
 }  # fmt: skip
 # Small, fast versions of the three recipes: a couple of seconds each on one core.
 TINY = {
@@ -80,7 +80,7 @@ def test_each_model_learns_and_writes_the_stage_outputs(trained, workspace, tiny
     assert all(isinstance(value, (int, float)) for value in numbers.values()), "train.json holds DVC metrics: numbers only"
     summary = {**numbers, **ids}
     assert TRAIN_JSON_KEYS <= set(summary) and summary["run_id"] == result.run_id
-    assert summary["epochs"] == 3 and summary["steps"] == 3 * 19 and summary["params"] > 0 and summary["images_per_s"] > 0
+    assert summary["epochs"] == 3 and summary["steps"] == 3 * 19 and summary["trainable_params"] > 0 and summary["images_per_s"] > 0
 
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns) == ["epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]

@@ -55,7 +55,7 @@ class TrainResult:
     initial_val_accuracy: float
     val_accuracy: float
     val_loss: float
-    params: int
+    trainable_params: int
     images_per_s: float
 
     def to_json(self) -> dict:
@@ -260,7 +260,7 @@ def _fit_and_save(cfg, recipe: Recipe, model, meta, prepared: Path, out: Path, c
         initial_val_accuracy=float(state.initial_val_accuracy),
         val_accuracy=float(final_val["accuracy"]),
         val_loss=float(final_val["loss"]),
-        params=int(sum(np.prod(w.shape) for w in final.trainable_weights)),
+        trainable_params=int(sum(np.prod(w.shape) for w in final.trainable_weights)),
         images_per_s=round(trained_steps * int(training["batch_size"]) / fit_time, 1) if fit_time > 0 else 0.0,
     )
     atomic_write_text(out / "run.json", json.dumps(result.run_json(), indent=2) + "\n")
