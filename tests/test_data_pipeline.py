@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from digitlab.data.files import sha256_file
 from digitlab.data.prepared import SPLITS, load_meta, load_split
@@ -43,6 +44,30 @@ def test_dvc_repro_data_stages_then_nothing_to_do_then_exp_run_on_digits(project
     assert {s: sum(meta.counts[s].values()) for s in SPLITS} == {"train": 1257, "val": 180, "test": 360}
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["dataset"]["name"] == "digits" and params["dataset"]["source"] == "sklearn"
+
+
+@pytest.mark.slow
+def test_dvc_watches_a_folder_dataset_and_reruns_when_an_image_is_added(project: Path, tmp_path: Path) -> None:
+    images, rng = tmp_path / "my images", np.random.default_rng(0)
+
+    def add(name: str, index: int) -> None:
+        (images / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(images / name / f"{index}.png")
+
+    for index in range(10):
+        add("circle", index), add("square", index)
+    run(["digitlab", "params", "dataset=folder", f"dataset.path={images}", "dataset.image_shape=[8,8,1]",
+         "dataset.validation_size=2", "dataset.test_size=4"], project)  # fmt: skip
+    first = run(["dvc", "repro", "preprocess"], project)
+    assert "Running stage 'preprocess'" in first.stdout
+    assert sum(load_meta(project / "data" / "prepared").counts["train"].values()) == 14
+    assert "Running stage" not in run(["dvc", "repro", "preprocess"], project).stdout
+
+    add("square", 10)  # outside the repo, not in params.yaml: only the dependency on the folder can notice
+    again = run(["dvc", "repro", "preprocess"], project)
+    assert "Running stage 'download'" in again.stdout and "Running stage 'preprocess'" in again.stdout
+    meta = load_meta(project / "data" / "prepared")
+    assert meta.class_names == ["circle", "square"] and sum(meta.counts["train"].values()) == 15
 
 
 def test_stage_entry_points_refuse_bad_settings_in_one_line(project: Path) -> None:
