@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a copy of the project needs to run its pipeline (no data, models or stores).
@@ -27,6 +33,39 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, 
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
     return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(command: Callable[[int], list[str]], ready: str, cwd: Path, timeout: float = 120) -> Iterator[str]:
+    """A real server, ``command(port)``, on a free port of 127.0.0.1: its URL once GET ``ready`` answers; stopped after."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # as in an activated venv
+    log = cwd / f"server-{port}.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(command(port), cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if requests.get(f"{url}{ready}", timeout=2).ok:
+                    break
+            except requests.RequestException:  # not listening yet, or still starting up
+                pass
+            assert server.poll() is None, f"{command(port)[:3]} exited {server.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{command(port)[:3]} did not answer {ready} in {timeout:.0f} s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
 
 
 @pytest.fixture(autouse=True, scope="module")

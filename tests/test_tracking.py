@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,24 +12,18 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 
 from digitlab import tracking
 from digitlab.config import load_params
 from digitlab.errors import DigitlabError
 from digitlab.training import train
+from tests.conftest import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MLP = [
     "model=mlp", "models.mlp.model.hidden_units=[32]", "models.mlp.optimizer.learning_rate=0.01",
     "models.mlp.training.batch_size=64", "tracking.log_models=false",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -66,27 +58,12 @@ def test_flat_params_fit_mlflow_limits():
 def mlflow_server(tmp_path: Path, _mlflow_template: Path):
     """A real ``mlflow server`` on a free local port, its store and artifacts in tmp."""
     shutil.copy2(_mlflow_template, tmp_path / "server.db")
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{uri}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:  # not listening yet, or still starting up
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
+    command = lambda port: [  # noqa: E731
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
+    ]  # fmt: skip
+    with serving(command, "/health", tmp_path, timeout=90) as uri:
         yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_training_logs_to_a_real_tracking_server(mlflow_server, data_dir, tmp_path):

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +21,7 @@ from digitlab.data.prepared import load_split
 from digitlab.errors import ConfigError, DigitlabError
 from digitlab.training import train
 from digitlab.training.checkpoints import STATE
+from tests.conftest import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_JSON_KEYS = {
@@ -134,38 +132,19 @@ def test_logged_model_predicts_through_pyfunc(trained, tiny_prepared):
 def test_logged_model_is_served_by_mlflow_models_serve(trained, workspace, tiny_prepared, tmp_path):
     """``mlflow models serve`` (a real scoring server on 127.0.0.1) answers with the model's probabilities."""
     x_val, y_val = load_split(tiny_prepared, "val")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    bin_dir = Path(sys.executable).parent  # MLflow runs uvicorn from PATH, as in an activated environment
-    env = {**os.environ, "MLFLOW_TRACKING_URI": workspace["uri"], "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "--model-uri", f"runs:/{trained['mlp'].run_id}/model",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"), start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).ok:
-                    break
-            except requests.RequestException:  # not listening yet
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow models serve did not start in 120 s"
-            time.sleep(0.5)
-        response = requests.post(f"{url}/invocations", json={"inputs": x_val.astype(np.float32).tolist()}, timeout=60)
-        assert response.ok, response.text
-        probabilities = np.asarray(response.json()["predictions"])
-        assert probabilities.shape == (len(y_val), 10)
-        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
-        assert (probabilities.argmax(axis=1) == y_val).mean() == pytest.approx(trained["mlp"].val_accuracy, abs=1e-6)
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+    command = lambda port: [  # noqa: E731
+        str(Path(sys.executable).parent / "mlflow"), "models", "serve", "--model-uri", f"runs:/{trained['mlp'].run_id}/model",
+        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
+        with serving(command, "/ping", tmp_path) as url:
+            response = requests.post(f"{url}/invocations", json={"inputs": x_val.astype(np.float32).tolist()}, timeout=60)
+    assert response.ok, response.text
+    probabilities = np.asarray(response.json()["predictions"])
+    assert probabilities.shape == (len(y_val), 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert (probabilities.argmax(axis=1) == y_val).mean() == pytest.approx(trained["mlp"].val_accuracy, abs=1e-6)
 
 
 def test_same_seed_gives_the_same_metrics(trained, workspace):
