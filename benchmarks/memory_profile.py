@@ -1,12 +1,13 @@
 """Where the train stage's memory goes, measured with memray (not guessed).
 
-``profile_train`` runs one short training of a default recipe under
-``memray run --native --aggregate`` and reads back the allocations that were
-live at the heap's high-water mark. Each is charged to the innermost frame of
-digitlab's own code on its stack (or to the stage entry point), and split into
+``benchmarks/run.py`` runs one short training of a default recipe under
+``memray_command`` (``memray run --native --aggregate``); ``breakdown`` reads
+back the allocations that were live at the heap's high-water mark. Each is
+charged to the innermost frame of digitlab's own code on its stack (or to the
+stage entry point), and split into
 *imports* (module code and library initialisation, triggered from that frame)
-and *work* (what that frame allocated while running). A flame graph of the
-same capture is written beside it, for a person to look at.
+and *work* (what that frame allocated while running). ``write_flamegraph``
+draws the same capture for a person to look at.
 
 The heap is only part of the resident set: the shared libraries' code pages
 (``RssFile``; TensorFlow's alone are hundreds of MB) are mapped, not
@@ -24,19 +25,14 @@ OURS = ("/digitlab/", "/pipeline/")
 IMPORT_FRAMES = ("_find_and_load", "_call_with_frames_removed")
 
 
-def profile_train(project: Path, model: str, overrides: list[str], work: Path, run_process) -> dict:
-    """Profile ``pipeline.train`` for ``model``; the breakdown at the heap's peak and the flame graph's path."""
-    capture = work / "memory" / f"memray-{model}.bin"
-    flamegraph = work / "memory" / f"memray-{model}-flamegraph.html"
-    capture.parent.mkdir(parents=True, exist_ok=True)
-    capture.unlink(missing_ok=True)
-    out = work / "memory" / f"profiled-{model}"
-    cmd = [sys.executable, "-m", "memray", "run", "--native", "--aggregate", "--quiet", "--output", str(capture),
-           "-m", "pipeline.train", "--params", "params.yaml", f"model={model}", f"output_dir={out}", *overrides]  # fmt: skip
-    run_process(cmd, project, work / "logs" / "memory" / f"memray-{model}.log")
-    subprocess.run([sys.executable, "-m", "memray", "flamegraph", "--force", "--output", str(flamegraph), str(capture)],
+def memray_command(capture: Path, module_args: list[str]) -> list[str]:
+    """``module_args`` (``-m module ...``) run under memray, recording native stacks, aggregated into ``capture``."""
+    return [sys.executable, "-m", "memray", "run", "--native", "--aggregate", "--quiet", "--output", str(capture), *module_args]
+
+
+def write_flamegraph(capture: Path, html: Path) -> None:
+    subprocess.run([sys.executable, "-m", "memray", "flamegraph", "--force", "--output", str(html), str(capture)],
                    check=True, capture_output=True)  # fmt: skip
-    return {"model": model, "overrides": overrides, "flamegraph": str(flamegraph), **breakdown(capture)}
 
 
 def breakdown(capture: Path, top: int = 12) -> dict:

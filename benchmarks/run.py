@@ -229,9 +229,13 @@ def test_accuracy(model_path: Path, prepared: Path) -> float:
 # --- parts ------------------------------------------------------------------
 
 
+def train_module_args(params: str, model: str, out: Path, overrides: list[str]) -> list[str]:
+    """``-m pipeline.train ...``: the train stage of ``model``, writing to ``out``."""
+    return ["-m", "pipeline.train", "--params", params, f"model={model}", f"output_dir={out}", *overrides]
+
+
 def train_digitlab(project: Path, params: str, model: str, out: Path, overrides: list[str], logs: Path) -> tuple[Process, dict]:
-    cmd = python("-m", "pipeline.train", "--params", params, f"model={model}", f"output_dir={out}", *overrides)
-    process = run_process(cmd, project, logs / f"{out.name}.log")
+    process = run_process(python(*train_module_args(params, model, out, overrides)), project, logs / f"{out.name}.log")
     return process, json.loads((out / "train.json").read_text(encoding="utf-8"))
 
 
@@ -331,9 +335,17 @@ def _profile(project: Path, model: str, work: Path) -> dict:
         import memray  # noqa: F401
     except ImportError:
         return {"skipped": "memray is not installed (pip install -e '.[dev]')"}
-    from benchmarks.memory_profile import profile_train
+    from benchmarks.memory_profile import breakdown, memray_command, write_flamegraph
 
-    profile = profile_train(project, model, [f"models.{model}.training.epochs=1"], work, run_process)
+    directory = work / "memory"
+    directory.mkdir(parents=True, exist_ok=True)
+    capture, flamegraph = directory / f"memray-{model}.bin", directory / f"memray-{model}-flamegraph.html"
+    capture.unlink(missing_ok=True)  # memray refuses to overwrite
+    overrides = [f"models.{model}.training.epochs=1"]
+    args = train_module_args("params.yaml", model, directory / f"profiled-{model}", overrides)
+    run_process(memray_command(capture, args), project, work / "logs" / "memory" / f"memray-{model}.log")
+    write_flamegraph(capture, flamegraph)
+    profile = {"model": model, "overrides": overrides, "flamegraph": str(flamegraph), **breakdown(capture)}
     log(f"memory {model}: heap peak {profile['peak_heap_mb']:.0f} MB under memray: {profile['imports_mb']:.0f} MB "
         f"imports, {profile['work_mb']:.0f} MB work; flame graph {profile['flamegraph']}")  # fmt: skip
     return profile
@@ -430,9 +442,10 @@ def measure_memory(project: Path, accuracy: dict | None, overhead: dict | None, 
         }
         log(f"memory {model}: peak RSS {rss:.0f} MB = {rss / arrays_mb:.1f}x the float32 training images ({arrays_mb:.0f} MB), "
             f"{max(rss - floor, 0.0) / arrays_mb:.1f}x above the import floor")  # fmt: skip
+    profiles = {model: _profile(project, model, work) for model in models}
     return {
         "dataset": dataset_info["dataset"],
-        "profiles": {model: _profile(project, model, work) for model in models},
+        "profiles": profiles,
         "train_images": dataset_info["train_images"],
         "train_arrays_float32_mb": arrays_mb,
         "import_floor_rss_mb": floor,

@@ -45,11 +45,11 @@ def free_port() -> int:
 def serving(command: Callable[[int], list[str]], ready: str, cwd: Path, timeout: float = 120) -> Iterator[str]:
     """A real server, ``command(port)``, on a free port of 127.0.0.1: its URL once GET ``ready`` answers; stopped after."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url, cmd = f"http://127.0.0.1:{port}", command(port)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # as in an activated venv
     log = cwd / f"server-{port}.log"
     with log.open("w") as output:
-        server = subprocess.Popen(command(port), cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -58,8 +58,8 @@ def serving(command: Callable[[int], list[str]], ready: str, cwd: Path, timeout:
                     break
             except requests.RequestException:  # not listening yet, or still starting up
                 pass
-            assert server.poll() is None, f"{command(port)[:3]} exited {server.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"{command(port)[:3]} did not answer {ready} in {timeout:.0f} s"
+            assert server.poll() is None, f"{cmd[:3]} exited {server.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{cmd[:3]} did not answer {ready} in {timeout:.0f} s"
             time.sleep(0.5)
         yield url
     finally:

@@ -155,37 +155,37 @@ def test_same_seed_gives_the_same_metrics(trained, workspace):
     assert again.val_accuracy == trained["mlp"].val_accuracy and again.run_id != trained["mlp"].run_id
 
 
+def train_and_read_history(workspace: dict, model: str, out: str, *overrides: str):
+    """Train ``model`` (no MLflow model logged) into ``<base>/<out>``: its result and its history.csv."""
+    result = train(config(workspace, model, out, *overrides, "tracking.log_models=false"))
+    return result, pd.read_csv(workspace["base"] / out / "history.csv")
+
+
 def test_early_stopping_stops_and_restores_the_best_weights(workspace, tiny_prepared):
     # min_delta 1: no evaluation after the first counts as an improvement, so patience 1 stops at the second.
-    cfg = config(
+    result, history = train_and_read_history(
         workspace, "mlp", "early", "models.mlp.training.epochs=6", "models.mlp.training.early_stopping.patience=1",
-        "models.mlp.training.early_stopping.min_delta=1.0", "tracking.log_models=false",
+        "models.mlp.training.early_stopping.min_delta=1.0",
     )  # fmt: skip
-    result = train(cfg)
     assert result.stopped_early and result.epochs == 2 and result.best_epoch == 1
-    history = pd.read_csv(workspace["base"] / "early" / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2]
     assert history["val_accuracy"].iloc[2] != history["val_accuracy"].iloc[1], "need a change to see which weights were kept"
     assert result.val_accuracy == pytest.approx(history["val_accuracy"].iloc[1], abs=1e-6)
 
 
 def test_evaluation_every_n_steps_and_max_steps(workspace):
-    cfg = config(
+    result, history = train_and_read_history(
         workspace, "linear", "steps", "models.linear.training.eval_every_steps=5", "models.linear.training.max_steps=12",
-        "models.linear.training.early_stopping.enabled=false", "tracking.log_models=false",
+        "models.linear.training.early_stopping.enabled=false",
     )  # fmt: skip
-    result = train(cfg)
-    history = pd.read_csv(workspace["base"] / "steps" / "history.csv")
     assert history["step"].tolist() == [0, 5, 10, 12] and result.steps == 12 and result.epochs == 3
 
 
 def test_evaluation_every_n_epochs(workspace):
-    cfg = config(
+    result, history = train_and_read_history(
         workspace, "linear", "every2", "models.linear.training.eval_every_epochs=2", "models.linear.training.epochs=4",
-        "models.linear.training.early_stopping.enabled=false", "tracking.log_models=false",
+        "models.linear.training.early_stopping.enabled=false",
     )  # fmt: skip
-    result = train(cfg)
-    history = pd.read_csv(workspace["base"] / "every2" / "history.csv")
     assert history["step"].tolist() == [0, 2 * 19, 4 * 19] and result.epochs == 2
 
 

@@ -151,7 +151,7 @@ def table_rows(results: list[ModelResult]) -> list[dict]:
             "top_k": r.metrics.get("top_k"),
             "top_k_accuracy": r.metrics["top_k_accuracy"],
             "roc_auc_macro": r.metrics["roc_auc_macro"],
-            "params": r.metrics.get("n_params", r.train_info.get("trainable_params")),
+            "params": r.metrics["n_params"],
             "epochs": r.train_info.get("epochs"),
             "best_epoch": r.train_info.get("best_epoch"),
             "stopped_early": r.train_info.get("stopped_early"),

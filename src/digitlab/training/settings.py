@@ -44,7 +44,7 @@ class Recipe:
         training = self.training
         steps_per_pass = math.ceil(train_size / training["batch_size"])
         total_steps = training["max_steps"] or training["epochs"] * steps_per_pass
-        steps_per_eval = training["eval_every_steps"] or training.get("eval_every_epochs", 1) * steps_per_pass
+        steps_per_eval = training["eval_every_steps"] or training["eval_every_epochs"] * steps_per_pass
         return steps_per_eval, math.ceil(total_steps / steps_per_eval), total_steps
 
 
@@ -71,7 +71,7 @@ def _validate_training(training: dict[str, Any], prefix: str) -> None:
     require_positive(f"{prefix}.batch_size", training.get("batch_size"), integer=True)
     require_positive(f"{prefix}.shuffle_buffer", training.get("shuffle_buffer"), integer=True)
     require_positive(f"{prefix}.eval_every_steps", training.get("eval_every_steps"), integer=True, allow_none=True)
-    require_positive(f"{prefix}.eval_every_epochs", training.get("eval_every_epochs", 1), integer=True)
+    require_positive(f"{prefix}.eval_every_epochs", training.get("eval_every_epochs"), integer=True)
     checkpoint = training.get("checkpoint") or {}
     require_positive(f"{prefix}.checkpoint.every_epochs", checkpoint.get("every_epochs"), integer=True)
     stopping = training.get("early_stopping")
