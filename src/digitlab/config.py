@@ -24,14 +24,17 @@ import functools
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from digitlab.errors import DigitlabError
+from digitlab.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from digitlab.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +45,13 @@ _EXPS_TMP = (".dvc", "tmp", "exps")
 
 
 def project_root(start: Path | str | None = None) -> Path:
-    """The root of the project the current run belongs to.
+    """The project a command works in: the nearest ancestor of ``start`` (default: the
+    working directory) that holds ``dvc.yaml``, else ``start``.
 
-    ``$DVC_ROOT`` when DVC runs a stage, else the nearest ancestor of ``start``
-    (default: the working directory) that holds ``dvc.yaml``, else ``start``.
+    Not ``$DVC_ROOT``: for ``dvc exp run --temp`` and ``--queue`` DVC points it at the
+    parent repository while the stage runs in a copy under ``.dvc/tmp/exps/``, and the
+    stage's outputs must land in that copy (DVC collects them from there).
     """
-    if start is None and os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
     here = Path(start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
         if (candidate / ROOT_MARKER).is_file():
@@ -57,12 +60,14 @@ def project_root(start: Path | str | None = None) -> Path:
 
 
 def home_root(start: Path | str | None = None) -> Path:
-    """The project root where shared state lives (the MLflow store).
+    """The project where shared state lives (the MLflow store), also from an experiment's copy.
 
-    ``dvc exp run --temp`` and ``--queue`` run stages in a copy under
-    ``<project>/.dvc/tmp/exps/``; anything written relative to that copy is
-    thrown away with it, so this maps such a copy back to ``<project>``.
+    ``$DVC_ROOT`` when DVC runs the stage (the parent repository, also for
+    ``--temp``/``--queue`` copies); otherwise the project root, with a copy
+    under ``<project>/.dvc/tmp/exps/`` mapped back to ``<project>``.
     """
+    if start is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
     root = project_root(start)
     parts = root.parts
     for i in range(len(parts) - len(_EXPS_TMP), 0, -1):
@@ -121,36 +126,30 @@ def load_params(path: Path | str = PARAMS_FILE, overrides: Sequence[str] = ()) -
     path = Path(path)
     if not path.is_file():
         raise DigitlabError(f"params file {path} does not exist: write it with `digitlab params` (make params)")
-    cfg = OmegaConf.load(path)
+    import yaml
+
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DigitlabError(f"cannot read params file {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from exc
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise DigitlabError(f"params file {path} is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(cfg, DictConfig):
         raise DigitlabError(f"params file {path} does not hold a mapping of settings")
     return apply_overrides(cfg, overrides)
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_params(overrides: Sequence[str] = (), path: Path | str | None = None, root: Path | None = None) -> Settings:
+    """Compose ``conf/`` with ``overrides``, validate it, and write it to params.yaml, as ``dvc exp run`` would."""
+    from digitlab.settings import load_settings
 
-
-def write_params(overrides: Sequence[str] = (), path: Path | str | None = None, root: Path | None = None) -> DictConfig:
-    """Compose ``conf/`` with ``overrides`` and write it to params.yaml, as ``dvc exp run`` would."""
     root = root or project_root()
     cfg = compose(overrides, root)
+    settings = load_settings(cfg)
     atomic_write_text(path or root / PARAMS_FILE, OmegaConf.to_yaml(cfg))
-    return cfg
+    return settings
 
 
 def to_flat_dict(cfg: DictConfig | dict, sep: str = ".") -> dict[str, Any]:
@@ -184,20 +183,23 @@ def fail(error: BaseException) -> None:
     raise SystemExit(2)
 
 
-def stage_main(func: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-    """Make ``func(cfg)`` a command-line entry point with two config sources.
+def stage_main(func: Callable[[Settings], Any]) -> Callable[[], Any]:
+    """Make ``func(settings)`` a command-line entry point with two config sources.
 
     ``python -m pipeline.X --params params.yaml [key=value ...]`` reads the
     params file DVC tracks (how ``dvc.yaml`` runs every stage);
     ``python -m pipeline.X [hydra overrides] [-m]`` composes ``conf/`` (runs
-    by hand, sweeps). In Hydra mode ``cfg.output_dir`` is set to Hydra's job
-    directory; with ``--params`` it is left as configured.
-    A :class:`DigitlabError` is printed as one line and exits with status 2.
+    by hand, sweeps). In Hydra mode ``output_dir`` is set to Hydra's job
+    directory; with ``--params`` it is left as configured. Either way the whole
+    configuration is validated before ``func`` runs, and a
+    :class:`DigitlabError` is printed as one line with exit status 2.
     """
 
     def run(cfg: DictConfig) -> Any:
+        from digitlab.settings import load_settings
+
         try:
-            return func(cfg)
+            return func(load_settings(cfg))
         except DigitlabError as error:
             fail(error)
 
@@ -218,7 +220,6 @@ def stage_main(func: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         from hydra.core.hydra_config import HydraConfig
 
         def hydra_task(cfg: DictConfig) -> Any:
-            OmegaConf.resolve(cfg)
             with open_dict(cfg):
                 cfg.output_dir = HydraConfig.get().runtime.output_dir
             return run(cfg)

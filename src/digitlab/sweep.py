@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from digitlab import tracking
 
@@ -31,14 +31,22 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
 
-        self.tracking_uri = tracking.configure(config.tracking)
+        from digitlab.config import fail
+        from digitlab.errors import DigitlabError
+        from digitlab.settings import load_settings
+
+        try:  # the sweep's common settings, checked before any job starts
+            settings = load_settings(OmegaConf.masked_copy(config, [key for key in config if key != "hydra"]))
+            self.tracking_uri = tracking.configure(settings.tracking)
+        except DigitlabError as error:
+            fail(error)
         client = mlflow.MlflowClient(self.tracking_uri)
         overrides = " ".join(config.hydra.overrides.task)
         tags = {"sweep": "true", "hydra_overrides": overrides, "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]}
         commit = tracking.git_commit()
         if commit:
             tags["git_commit"] = commit
-        run = client.create_run(tracking.experiment_id(config), tags=tags, run_name=f"sweep {overrides}"[:250])
+        run = client.create_run(tracking.experiment_id(settings.tracking, settings.dataset.name), tags=tags, run_name=f"sweep {overrides}"[:250])
         self.parent_run_id = run.info.run_id
         client.log_param(run.info.run_id, "sweep_dir", str(config.hydra.sweep.dir))
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id

@@ -3,32 +3,88 @@
 The default store is the SQLite file ``mlflow.db`` at the project root (the
 real root, also for ``dvc exp run --temp``/``--queue`` copies and sweeps), so
 every run of a project lands in one place. ``$MLFLOW_TRACKING_URI`` wins over
-the default; ``tracking.uri`` in the config wins over both.
+the default; ``tracking.uri`` in the config wins over both. A relative SQLite
+path (``sqlite:///mlflow.db``) is relative to the project root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlparse
 
-from omegaconf import DictConfig
+from pydantic import Field, field_validator
 
 from digitlab.config import home_root, project_root
 from digitlab.errors import DigitlabError
+from digitlab.schema import PositiveFloat, Strict
 
 log = logging.getLogger(__name__)
 
+# Stores MLflow 3 accepts as a tracking URI (the ./mlruns file store it refuses by default).
+_URI_SCHEMES = re.compile(r"^(sqlite|https?|(postgresql|mysql|mssql)(\+\w+)?)$")
+_URI_ALLOWED = "a URI of an MLflow store: sqlite:///PATH, http(s)://HOST[:PORT] or postgresql://USER@HOST/DB"
 
-def resolve_uri(tracking: DictConfig | dict) -> str:
+
+class TrackingSettings(Strict):
+    uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db
+    experiment: Annotated[str, Field(min_length=1, max_length=500)] | None = None  # null: digitlab-<dataset>
+    ui_url: str | None = None  # base URL of a tracking UI, for links in the report
+    log_models: bool = True
+    connect_timeout: PositiveFloat = 10  # seconds before an unreachable server is an error
+
+    @field_validator("uri")
+    @classmethod
+    def _known_store(cls, uri: str | None) -> str | None:
+        if uri is not None:
+            check_uri(uri)
+        return uri
+
+    @field_validator("ui_url")
+    @classmethod
+    def _web_address(cls, url: str | None) -> str | None:
+        parsed = urlparse(url or "")
+        if url is not None and (parsed.scheme not in ("http", "https") or not parsed.hostname):
+            raise ValueError("an http(s)://HOST[:PORT] address of the MLflow UI, or null")
+        return url
+
+
+def check_uri(uri: str) -> None:
+    """Raise ValueError saying what is allowed when ``uri`` is no MLflow store digitlab can use."""
+    parsed = urlparse(uri)
+    if not _URI_SCHEMES.match(parsed.scheme or ""):
+        raise ValueError(_URI_ALLOWED)
+    if parsed.scheme == "sqlite" and not uri.startswith("sqlite:///") or uri.rstrip("/") == "sqlite:":
+        raise ValueError("sqlite:///PATH (three slashes; a relative PATH is relative to the project root)")
+    if parsed.scheme != "sqlite" and not parsed.hostname:
+        raise ValueError(_URI_ALLOWED + " (the host is missing)")
+
+
+def resolve_uri(tracking: TrackingSettings) -> str:
     """The tracking URI a run uses: config, then $MLFLOW_TRACKING_URI, then <root>/mlflow.db."""
-    uri = tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return str(uri)
-    return f"sqlite:///{home_root() / 'mlflow.db'}"
+    uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{home_root() / 'mlflow.db'}"
+    try:
+        check_uri(uri)
+    except ValueError as exc:
+        raise DigitlabError(f"MLFLOW_TRACKING_URI={uri!r} is not valid: expected {exc}") from None
+    database = sqlite_path(uri)
+    if database is not None and not database.is_absolute():
+        return f"sqlite:///{home_root() / database}"
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
@@ -52,22 +108,36 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
         ) from exc
 
 
-def configure(tracking: DictConfig | dict) -> str:
+def _create_store_once(uri: str) -> None:
+    """Create (migrate) a SQLite store under a file lock: two first-time writers at once race otherwise."""
+    import mlflow
+    from filelock import FileLock
+
+    database = sqlite_path(uri)
+    if database is None:
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(database.with_name(f".{database.name}.lock"), timeout=300):
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
+def configure(tracking: TrackingSettings) -> str:
     """Point MLflow at the configured store, failing fast if a server is unreachable. Returns the URI."""
     import mlflow
 
     uri = resolve_uri(tracking)
-    check_reachable(uri, float(tracking.get("connect_timeout") or 10))
+    check_reachable(uri, tracking.connect_timeout)
     # Keep a dead server from stalling a run for minutes in MLflow's retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(tracking.get("connect_timeout") or 10) * 3))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(tracking.connect_timeout * 3)))
+    _create_store_once(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
 
-def experiment_name(cfg: DictConfig) -> str:
+def experiment_name(tracking: TrackingSettings, dataset: str) -> str:
     """The MLflow experiment of a run: ``tracking.experiment``, else ``digitlab-<dataset>``."""
-    return str(cfg.tracking.get("experiment") or f"digitlab-{cfg.dataset.name}")
+    return tracking.experiment or f"digitlab-{dataset}"
 
 
 # MLflow rejects longer param values; a long list is cut, with a marker.
@@ -75,12 +145,12 @@ MAX_PARAM_LENGTH = 6000
 PARENT_RUN_ENV = "DIGITLAB_PARENT_RUN_ID"
 
 
-def flat_params(cfg: DictConfig) -> dict[str, str]:
-    """The full resolved config as MLflow params: dotted keys, values cut to MLflow's limit."""
+def flat_params(settings) -> dict[str, str]:
+    """The full validated settings as MLflow params: dotted keys, values cut to MLflow's limit."""
     from digitlab.config import to_flat_dict
 
     params = {}
-    for key, value in to_flat_dict(cfg).items():
+    for key, value in to_flat_dict(settings.model_dump(mode="json")).items():
         text = str(value)
         params[key] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
     return params
@@ -135,15 +205,27 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return (database.parent / "mlruns" / safe_name).as_uri()
 
 
-def experiment_id(cfg: DictConfig) -> str:
-    """The id of the run's experiment, created (artifacts beside a SQLite store) when it does not exist yet."""
-    import mlflow
+def experiment_id(tracking: TrackingSettings, dataset: str) -> str:
+    """The id of the run's experiment, created (artifacts beside a SQLite store) when it does not exist yet.
 
-    name = experiment_name(cfg)
+    Look-up-then-create races when two jobs start at once (a queue, a parallel
+    sweep): a creator that loses the race takes the winner's experiment.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = experiment_name(tracking, dataset)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment:
         return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location(mlflow.get_tracking_uri(), name))
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_location(mlflow.get_tracking_uri(), name))
+    except MlflowException as exc:
+        existing = mlflow.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        log.debug("experiment %s was created concurrently (%s)", name, exc.error_code)
+        return existing.experiment_id
 
 
 def run_exists(run_id: str) -> bool:
@@ -157,7 +239,7 @@ def run_exists(run_id: str) -> bool:
     return True
 
 
-def start_run(cfg: DictConfig, model: str, dataset: str, run_id: str | None = None):
+def start_run(tracking: TrackingSettings, model: str, dataset: str, run_id: str | None = None):
     """Start a run for training ``model`` on ``dataset``, or continue run ``run_id`` (a resumed training).
 
     Under a sweep the run is nested in the sweep's parent run, whose id the
@@ -171,11 +253,49 @@ def start_run(cfg: DictConfig, model: str, dataset: str, run_id: str | None = No
         tags = run_tags(model, dataset)
         if parent:
             tags["mlflow.parentRunId"] = parent
-        run_id = mlflow.MlflowClient().create_run(experiment_id(cfg), tags=tags, run_name=f"{model}-{dataset}").info.run_id
+        run_id = mlflow.MlflowClient().create_run(experiment_id(tracking, dataset), tags=tags, run_name=f"{model}-{dataset}").info.run_id
     # MLflow refuses to continue a run of another experiment than the process's active one
     # (set by any earlier mlflow.set_experiment, e.g. in a notebook): make the run's own active.
     mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
     return mlflow.start_run(run_id=run_id)
+
+
+@contextlib.contextmanager
+def tracked_run(tracking: TrackingSettings, model: str, dataset: str, run_id: str | None = None) -> Iterator:
+    """An active run (new, or ``run_id`` continued) that ends FINISHED, or FAILED with the error recorded."""
+    import mlflow
+
+    run = start_run(tracking, model, dataset, run_id)
+    try:
+        yield run
+    except BaseException as error:
+        end_run_failed(error)
+        raise
+    mlflow.end_run()
+
+
+def log_settings(settings) -> None:
+    """The validated settings as the active run's params and as ``config.yaml``."""
+    import mlflow
+    import yaml
+
+    mlflow.log_params(flat_params(settings))
+    mlflow.log_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), "config.yaml")
+
+
+def log_model(model, sample) -> str:
+    """Log a Keras model as an MLflow model with an input signature; returns its URI."""
+    import keras
+    import mlflow
+    import numpy as np
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    sample = np.asarray(sample, dtype=np.float32)
+    signature = infer_signature(sample, model.predict(sample, verbose=0))
+    # Named requirements: MLflow's inference would import the model in a subprocess (slow).
+    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"numpy=={np.__version__}"]
+    return mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements).model_uri
 
 
 def end_run_failed(error: BaseException) -> None:
