@@ -4,15 +4,15 @@
     python -m pipeline.download dataset=digits          # by hand, composing conf/
 """
 
-from omegaconf import DictConfig
+from digitlab.config import stage_main
+from digitlab.data.download import download_dataset
+from digitlab.data.fetch import cache_dir
+from digitlab.settings import Layout, Settings
 
-from digitlab.config import project_root, stage_main
-from digitlab.data.download import cache_dir, download_dataset
 
-
-def run(cfg: DictConfig) -> None:
-    root = project_root()
-    download_dataset(cfg.dataset, raw_dir=root / cfg.paths.data / "raw", cache=cache_dir(cfg.paths.get("cache"), root), root=root)
+def run(settings: Settings) -> None:
+    layout = Layout.for_settings(settings)
+    download_dataset(settings.dataset, raw_dir=layout.raw, cache=cache_dir(settings.paths.cache, layout.root), root=layout.root)
 
 
 main = stage_main(run)

@@ -4,15 +4,14 @@
     python -m pipeline.preprocess dataset=digits        # by hand, composing conf/
 """
 
-from omegaconf import DictConfig
-
-from digitlab.config import project_root, stage_main
+from digitlab.config import stage_main
 from digitlab.data.preprocess import prepare_dataset
+from digitlab.settings import Layout, Settings
 
 
-def run(cfg: DictConfig) -> None:
-    data = project_root() / cfg.paths.data
-    prepare_dataset(cfg.dataset, raw_dir=data / "raw", prepared_dir=data / "prepared")
+def run(settings: Settings) -> None:
+    layout = Layout.for_settings(settings)
+    prepare_dataset(settings.dataset, raw_dir=layout.raw, prepared_dir=layout.prepared)
 
 
 main = stage_main(run)

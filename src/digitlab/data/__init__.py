@@ -1,1 +1,13 @@
-"""Data sources (download/locate raw data) and the prepared format every later stage reads."""
+"""The dataset side of digitlab: sources, the download and preprocess stages, and the formats between them.
+
+- :mod:`digitlab.data.sources`: one module per dataset source (its settings,
+  how to fetch its raw files, how to read them), registered by name;
+  ``DatasetSettings`` is the pydantic type of the ``dataset`` settings.
+- :mod:`digitlab.data.download` and :mod:`digitlab.data.preprocess`: the two
+  data stages (``data/raw`` and ``data/prepared``).
+- :mod:`digitlab.data.raw` and :mod:`digitlab.data.prepared`: what those
+  directories hold, the contracts between the stages.
+- :mod:`digitlab.data.images` (the one image decoder), :mod:`digitlab.data.split`
+  (subsets and splits), :mod:`digitlab.data.fetch` (verified downloads) and
+  :mod:`digitlab.data.files` (hashes and links).
+"""

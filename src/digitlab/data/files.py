@@ -1,16 +1,12 @@
-"""File helpers of the data stages: hashes, links, and directories replaced whole."""
+"""File helpers of the data stages: hashes, links, file records and paths."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
@@ -35,27 +31,12 @@ def link_or_copy(source: Path, dest: Path) -> str:
         return "copy"
 
 
-def replace_directory(dest: Path, build: Callable[[Path], T]) -> T:
-    """Fill a fresh temporary directory with ``build(tmp)``, then swap it in for ``dest``.
+def file_record(path: Path, origin: str, sha256: str | None = None) -> dict[str, Any]:
+    """What ``source.json`` says about one raw file: name, sha256, size and where it came from."""
+    return {"name": path.name, "sha256": sha256 or sha256_file(path), "bytes": path.stat().st_size, "origin": origin}
 
-    A failure anywhere in ``build`` leaves ``dest`` as it was and no temporary
-    directory behind, so a stage output is never half-written.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output should read like any directory
-    try:
-        result = build(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        dest.rename(old)
-    tmp.rename(dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return result
+
+def resolve_path(path: str | Path, root: Path) -> Path:
+    """``path`` with ``~`` expanded; a relative path is relative to the project ``root``."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else root / path

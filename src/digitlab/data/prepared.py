@@ -13,13 +13,13 @@ A prepared directory (``data/prepared``) holds:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from digitlab.errors import DigitlabError
+from digitlab.io import atomic_path, atomic_write_json, read_json
 
 SPLITS = ("train", "val", "test")
 
@@ -51,7 +51,7 @@ def load_meta(directory: Path | str) -> Meta:
     path = Path(directory) / "meta.json"
     if not path.is_file():
         raise DigitlabError(f"{path} is missing: run the preprocess stage first (dvc repro preprocess)")
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = read_json(path)
     return Meta(
         dataset=raw["dataset"],
         class_names=[str(name) for name in raw["class_names"]],
@@ -76,18 +76,11 @@ def save_split(directory: Path | str, split: str, x: np.ndarray, y: np.ndarray) 
     """Write one split atomically (temporary file, then rename)."""
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"x must be uint8 of shape (N, H, W, C), got {x.dtype} {x.shape}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{split}.npz"
-    tmp = directory / f".{split}.tmp.npz"
-    np.savez_compressed(tmp, x=x, y=np.asarray(y, dtype=np.int64))
-    tmp.replace(path)
+    path = Path(directory) / f"{split}.npz"
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, x=x, y=np.asarray(y, dtype=np.int64))
     return path
 
 
 def save_meta(directory: Path | str, meta: Meta) -> Path:
-    from digitlab.config import atomic_write_text
-
-    path = Path(directory) / "meta.json"
-    atomic_write_text(path, json.dumps(meta.to_json(), indent=2) + "\n")
-    return path
+    return atomic_write_json(Path(directory) / "meta.json", meta.to_json())

@@ -1,0 +1,98 @@
+"""The raw dataset on disk, the contract between the download stage and preprocess.
+
+A raw directory (``data/raw``) holds the dataset's files as its source
+publishes them (or, for a source that is a Python package, its arrays in
+``<name>.npz``), and ``source.json``::
+
+    {"dataset": NAME, "source": SOURCE,
+     "files": [{"name": PATH IN data/raw, "sha256": HASH, "bytes": SIZE, "origin": URL, PATH OR PACKAGE}, ...]}
+
+The download stage writes it (:func:`write_source`); preprocess checks it
+(:func:`read_source`) and hands the directory to the source's reader, which
+returns :class:`RawImages`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitlab.data.files import file_record
+from digitlab.errors import DigitlabError
+from digitlab.io import atomic_path, atomic_write_json, read_json
+
+SOURCE_FILE = "source.json"
+DIGIT_NAMES = [str(digit) for digit in range(10)]
+_RERUN = "run the download stage first (dvc repro download)"
+
+
+@dataclass
+class RawImages:
+    """A dataset as a source reads it: uint8 NHWC images, int64 labels, and an official test split if it has one."""
+
+    x: np.ndarray
+    y: np.ndarray
+    class_names: list[str]
+    official_test: tuple[np.ndarray, np.ndarray] | None = None
+
+    def check(self, shape: tuple[int, int, int], name: str) -> None:
+        """Shapes, lengths and label ranges as the settings promise, else a :class:`DigitlabError`."""
+        parts = [("train", self.x, self.y)] + ([("test", *self.official_test)] if self.official_test else [])
+        for part, x, y in parts:
+            if x.shape[1:] != shape:
+                raise DigitlabError(f"{name}: raw {part} images have shape {x.shape[1:]}, expected {shape}")
+            if len(x) != len(y):
+                raise DigitlabError(f"{name}: {len(x)} raw {part} images but {len(y)} labels")
+            if len(y) and (y.min() < 0 or y.max() >= len(self.class_names)):
+                raise DigitlabError(f"{name}: raw {part} labels run {y.min()}..{y.max()}, expected 0..{len(self.class_names) - 1}")
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    """uint8 images as (N, H, W, C): a channel axis is added to (N, H, W)."""
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        raise DigitlabError(f"expected uint8 pixels, got {x.dtype}")
+    return x[..., None] if x.ndim == 3 else x
+
+
+def labels(y: np.ndarray) -> np.ndarray:
+    return np.asarray(y).astype(np.int64).reshape(-1)
+
+
+def save_arrays(path: Path, x: np.ndarray, y: np.ndarray, origin: str) -> dict[str, Any]:
+    """Images and labels as ``path`` (npz with ``x`` and ``y``); return its file record."""
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, x=x, y=y)
+    return file_record(path, origin)
+
+
+def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` of a file :func:`save_arrays` wrote."""
+    with np.load(path) as arrays:
+        return arrays["x"], arrays["y"]
+
+
+def write_source(directory: Path, dataset: str, source: str, files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``source.json`` into ``directory``; return the record."""
+    record = {"dataset": dataset, "source": source, "files": files}
+    atomic_write_json(directory / SOURCE_FILE, record)
+    return record
+
+
+def read_source(raw_dir: Path, dataset: str, source: str) -> dict[str, Any]:
+    """``source.json`` of ``raw_dir``, checked to be for ``dataset`` of ``source`` and to match the files there."""
+    path = raw_dir / SOURCE_FILE
+    if not path.is_file():
+        raise DigitlabError(f"{path} is missing: {_RERUN}")
+    record = read_json(path)
+    if (record.get("dataset"), record.get("source")) != (dataset, source):
+        held = f"dataset {record.get('dataset')!r} of source {record.get('source')!r}"
+        raise DigitlabError(f"{raw_dir} holds {held}, not {dataset!r} of source {source!r}: {_RERUN}")
+    for entry in record["files"]:
+        file = raw_dir / entry["name"]
+        if not file.is_file() or file.stat().st_size != entry["bytes"]:
+            raise DigitlabError(f"{file} is missing or changed since the download stage wrote it: rerun it (dvc repro -f download)")
+    return record
