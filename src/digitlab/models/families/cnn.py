@@ -1,0 +1,56 @@
+"""Convolutional network: blocks of convolutions, each followed by pooling, then a dense head."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from digitlab.models.base import FAMILIES, Activation, ArchitectureBase, batch_norm
+from digitlab.schema import Fraction, PositiveInt
+
+
+@FAMILIES.register("cnn")
+class CnnSettings(ArchitectureBase):
+    name: Literal["cnn"] = "cnn"
+    conv_filters: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64]  # one block per entry
+    convs_per_block: PositiveInt = 1  # convolutions stacked in each block
+    kernel_size: PositiveInt = 3
+    pool_size: PositiveInt = 2
+    activation: Activation = "relu"
+    batch_norm: bool = True  # between each convolution and its activation
+    dense_units: list[PositiveInt] = [256]  # the head's hidden layers
+    dropout: Fraction = 0.2  # before the output layer, and half of it after each block
+
+    misfit_setting: ClassVar[str] = "conv_filters"
+    misfit_advice: ClassVar[str] = "use fewer conv_filters blocks or a smaller pool_size"
+
+    def outputs(self, pixels: Any, num_classes: int) -> Any:
+        import keras
+
+        x = pixels
+        for block, filters in enumerate(self.conv_filters, start=1):
+            x = self._block(x, block, filters)
+        x = keras.layers.Flatten(name="flatten")(x)
+        for i, units in enumerate(self.dense_units, start=1):
+            x = keras.layers.Dense(units, activation=self.activation, kernel_regularizer=self.regularizer(), name=f"dense_{i}")(x)
+            if self.dropout > 0:
+                x = keras.layers.Dropout(self.dropout, name=f"dense_{i}_dropout")(x)
+        return keras.layers.Dense(num_classes, activation="softmax", name="softmax")(x)
+
+    def _block(self, x: Any, block: int, filters: int) -> Any:
+        import keras
+
+        for conv in range(1, self.convs_per_block + 1):
+            layer = keras.layers.Conv2D(
+                filters, self.kernel_size, padding="same", kernel_regularizer=self.regularizer(), name=f"block{block}_conv{conv}"
+            )
+            x = layer(x)
+            if self.batch_norm:
+                x = batch_norm(f"block{block}_batch_norm{conv}")(x)
+            x = keras.layers.Activation(self.activation, name=f"block{block}_{self.activation}{conv}")(x)
+        x = keras.layers.MaxPooling2D(self.pool_size, name=f"block{block}_pool")(x)
+        if self.dropout > 0:
+            # Half the head's rate: convolutions share weights and overfit less.
+            x = keras.layers.Dropout(self.dropout / 2, name=f"block{block}_dropout")(x)
+        return x
