@@ -4,14 +4,13 @@ as a sweep over conf/: ``python -m pipeline.train -m model=linear,mlp``.
 Returns the best validation accuracy, the value Hydra's Optuna sweeper maximises.
 """
 
-from omegaconf import DictConfig
-
 from digitlab.config import stage_main
-from digitlab.training import train
+from digitlab.settings import Settings
+from digitlab.training.loop import train
 
 
-def run(cfg: DictConfig) -> float:
-    return train(cfg).val_accuracy
+def run(settings: Settings) -> float:
+    return train(settings).metrics.val_accuracy
 
 
 main = stage_main(run)

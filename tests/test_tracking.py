@@ -16,8 +16,10 @@ import pytest
 from digitlab import tracking
 from digitlab.config import load_params
 from digitlab.errors import DigitlabError
-from digitlab.training import train
-from tests.conftest import free_port, serving
+from digitlab.settings import load_settings
+from digitlab.tracking import TrackingSettings
+from digitlab.training.loop import train
+from tests.conftest import free_port, serving, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MLP = [
@@ -33,25 +35,52 @@ def data_dir(tiny_prepared: Path, tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-def test_resolve_uri_prefers_config_then_environment(monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
-    assert tracking.resolve_uri({"uri": "http://example.invalid:5000"}) == "http://example.invalid:5000"
-    assert tracking.resolve_uri({"uri": None}) == "sqlite:///from-env.db"
+def test_resolve_uri_prefers_config_then_environment_and_anchors_relative_sqlite(monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/from-env.db")
+    assert tracking.resolve_uri(TrackingSettings(uri="http://example.invalid:5000")) == "http://example.invalid:5000"
+    assert tracking.resolve_uri(TrackingSettings()) == "sqlite:////tmp/from-env.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert tracking.resolve_uri({"uri": None}) == f"sqlite:///{ROOT / 'mlflow.db'}"
+    assert tracking.resolve_uri(TrackingSettings()) == f"sqlite:///{ROOT / 'mlflow.db'}"
+    # A relative SQLite path is the project's, wherever the command runs.
+    assert tracking.resolve_uri(TrackingSettings(uri="sqlite:///stores/mlflow.db")) == f"sqlite:///{ROOT / 'stores' / 'mlflow.db'}"
+
+
+def test_experiment_creation_tolerates_a_concurrent_creator(mlflow_uri: str) -> None:
+    """Two jobs starting at once both look the experiment up, find nothing, and create it: both must get it."""
+    import threading
+
+    settings = TrackingSettings(experiment="raced")
+    barrier, ids, errors = threading.Barrier(4), [], []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            ids.append(tracking.experiment_id(settings, "digits"))
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(set(ids)) == 1 and len(ids) == 4
 
 
 def test_closed_port_is_an_error_within_seconds_naming_the_uri():
     uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(DigitlabError, match=rf"MLflow tracking server {uri} is unreachable.*mlflow server --host 127\.0\.0\.1"):
-        tracking.configure({"uri": uri, "connect_timeout": 3})
+        tracking.configure(TrackingSettings(uri=uri, connect_timeout=3))
     assert time.monotonic() - started < 5
 
 
 def test_flat_params_fit_mlflow_limits():
-    params = tracking.flat_params(load_params(ROOT / "params.yaml", ["+long=" + "x" * 7000]))
-    assert params["models.cnn.optimizer.name"] and len(params["long"]) == tracking.MAX_PARAM_LENGTH
+    settings = tiny_settings(f"tracking.experiment={'x' * 499}", "dataset.name=" + "d" * 100)
+    params = tracking.flat_params(settings)
+    assert params["models.cnn.optimizer.name"] == "adam" and all(len(value) <= tracking.MAX_PARAM_LENGTH for value in params.values())
+    assert params["models.mlp.model.hidden_units"] == "[32]"
 
 
 @pytest.fixture
@@ -67,12 +96,11 @@ def mlflow_server(tmp_path: Path, _mlflow_template: Path):
 
 
 def test_training_logs_to_a_real_tracking_server(mlflow_server, data_dir, tmp_path):
-    cfg = load_params(
-        ROOT / "params.yaml",
-        [*TINY_MLP, "models.mlp.training.epochs=1", f"paths.data={data_dir}", f"tracking.uri={mlflow_server}",
-         f"output_dir={tmp_path / 'out'}", "tracking.log_models=true"],
+    settings = tiny_settings(
+        *TINY_MLP, "models.mlp.training.epochs=1", f"paths.data={data_dir}", f"tracking.uri={mlflow_server}",
+        f"output_dir={tmp_path / 'out'}", "tracking.log_models=true",
     )  # fmt: skip
-    result = train(cfg)
+    result = train(settings).run
     assert result.tracking_uri == mlflow_server
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
     run = client.get_run(result.run_id)
@@ -109,11 +137,11 @@ def test_killed_training_resumes_from_its_checkpoint_in_the_same_run(signum, dat
     if signum == signal.SIGTERM:  # a KILL leaves no chance to close the run: the resume continues it
         assert interrupted.info.status == "FAILED" and "SIGTERM" in interrupted.data.tags["error"]
 
-    resumed = train(load_params(ROOT / "params.yaml", overrides))
-    assert resumed.run_id == state["run_id"] and resumed.epochs == 20 and resumed.steps == 20 * 19
+    resumed = train(load_settings(load_params(ROOT / "params.yaml", overrides)))
+    assert resumed.run.run_id == state["run_id"] and resumed.metrics.epochs == 20 and resumed.metrics.steps == 20 * 19
     runs = client.search_runs([interrupted.info.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    epochs = [m.step for m in client.get_metric_history(resumed.run_id, "val_accuracy")]
+    epochs = [m.step for m in client.get_metric_history(resumed.run.run_id, "val_accuracy")]
     assert sorted(set(epochs)) == list(range(21)) and len(epochs) <= 22  # at most the killed evaluation twice
 
 
@@ -127,12 +155,7 @@ def test_run_tags_name_the_dvc_experiment_and_commit(monkeypatch):
 
 def test_a_run_starts_even_when_another_experiment_is_active(mlflow_uri: str) -> None:
     """A notebook that called mlflow.set_experiment before must not break training's runs."""
-    import mlflow
-    from omegaconf import OmegaConf
-
-    from digitlab import tracking
-
-    cfg = OmegaConf.create({"tracking": {"experiment": "digitlab-tests"}, "dataset": {"name": "digits"}})
+    cfg = TrackingSettings(experiment="digitlab-tests")
     first = tracking.start_run(cfg, "mlp", "digits")
     mlflow.end_run()
     mlflow.set_experiment("someone-elses-experiment")

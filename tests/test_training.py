@@ -17,26 +17,19 @@ import pytest
 import requests
 
 from digitlab.config import compose
+from digitlab.settings import load_settings
 from digitlab.data.prepared import load_split
 from digitlab.errors import ConfigError, DigitlabError
-from digitlab.training import train
+from digitlab.training.loop import train
 from digitlab.training.checkpoints import STATE
-from tests.conftest import serving
+from tests.conftest import serving, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_JSON_KEYS = {
     "model", "dataset", "run_id", "experiment_id", "tracking_uri", "best_epoch", "epochs", "steps", "stopped_early",
     "train_time_s", "initial_val_accuracy", "val_accuracy", "val_loss", "trainable_params", "images_per_s",
 }  # fmt: skip
-# Small, fast versions of the three recipes: a couple of seconds each on one core.
-TINY = {
-    "linear": ["models.linear.optimizer.learning_rate=0.05"],
-    "mlp": ["models.mlp.model.hidden_units=[32]", "models.mlp.optimizer.learning_rate=0.01"],
-    "cnn": [
-        "models.cnn.model.conv_filters=[8,16]", "models.cnn.model.convs_per_block=1", "models.cnn.model.batch_norm=false",
-        "models.cnn.model.dense_units=[32]", "models.cnn.optimizer.learning_rate=0.01",
-    ],
-}  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def workspace(tiny_prepared: Path, _mlflow_template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -49,14 +42,10 @@ def workspace(tiny_prepared: Path, _mlflow_template: Path, tmp_path_factory: pyt
 
 
 def config(workspace: dict, model: str, out: str, *overrides: str):
-    """The real conf/ composed for ``model`` with tiny settings, writing to ``<base>/<out>``."""
-    return compose(
-        [
-            "dataset=digits", f"model={model}", f"paths.data={workspace['data']}", f"tracking.uri={workspace['uri']}",
-            f"output_dir={workspace['base'] / out}", f"models.{model}.training.batch_size=64",
-            f"models.{model}.training.epochs=3", f"tracking.experiment=tests-{out}", *TINY[model], *overrides,
-        ],
-        root=ROOT,
+    """The shared tiny composition for ``model``, writing to ``<base>/<out>`` (validated settings)."""
+    return tiny_settings(
+        f"model={model}", f"paths.data={workspace['data']}", f"tracking.uri={workspace['uri']}",
+        f"output_dir={workspace['base'] / out}", f"tracking.experiment=tests-{out}", *overrides,
     )  # fmt: skip
 
 
@@ -75,20 +64,20 @@ def client(workspace: dict) -> mlflow.MlflowClient:
 @pytest.mark.parametrize("name", ["linear", "mlp", "cnn"])
 def test_each_model_learns_and_writes_the_stage_outputs(trained, workspace, tiny_prepared, name):
     result, out = trained[name], workspace["base"] / name
-    assert result.initial_val_accuracy < 0.3, "before training a model should be near chance (10%)"
-    assert result.val_accuracy > 0.6, f"{name} did not learn: {result}"
+    assert result.metrics.initial_val_accuracy < 0.3, "before training a model should be near chance (10%)"
+    assert result.metrics.val_accuracy > 0.6, f"{name} did not learn: {result}"
 
     numbers = json.loads((out / "train.json").read_text())
     ids = json.loads((out / "run.json").read_text())
     assert all(isinstance(value, (int, float)) for value in numbers.values()), "train.json holds DVC metrics: numbers only"
     summary = {**numbers, **ids}
-    assert TRAIN_JSON_KEYS <= set(summary) and summary["run_id"] == result.run_id
+    assert TRAIN_JSON_KEYS <= set(summary) and summary["run_id"] == result.run.run_id
     assert summary["epochs"] == 3 and summary["steps"] == 3 * 19 and summary["trainable_params"] > 0 and summary["images_per_s"] > 0
 
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns) == ["epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
     assert history["epoch"].tolist() == [0, 1, 2, 3] and history["step"].tolist() == [0, 19, 38, 57]
-    assert history["val_accuracy"].iloc[0] == pytest.approx(result.initial_val_accuracy)
+    assert history["val_accuracy"].iloc[0] == pytest.approx(result.metrics.initial_val_accuracy)
     best_row = history.loc[history["epoch"] == summary["best_epoch"]].iloc[0]
     assert best_row["val_accuracy"] == pytest.approx(history["val_accuracy"].iloc[1:].max())
 
@@ -103,17 +92,17 @@ def test_each_model_learns_and_writes_the_stage_outputs(trained, workspace, tiny
 
 def test_mlflow_run_holds_params_metric_histories_tags_and_artifacts(trained, workspace):
     result = trained["mlp"]
-    run = client(workspace).get_run(result.run_id)
+    run = client(workspace).get_run(result.run.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model"] == "mlp" and run.data.params["models.mlp.model.hidden_units"] == "[32]"
     assert run.data.params["seed"] == "42" and run.data.params["models.mlp.training.batch_size"] == "64"
     assert run.data.tags["model"] == "mlp" and run.data.tags["dataset"] == "digits" and len(run.data.tags["git_commit"]) == 40
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
-        steps = [m.step for m in client(workspace).get_metric_history(result.run_id, metric)]
+        steps = [m.step for m in client(workspace).get_metric_history(result.run.run_id, metric)]
         assert sorted(steps) == [0, 1, 2, 3], metric
-    artifacts = {a.path for a in client(workspace).list_artifacts(result.run_id)}
+    artifacts = {a.path for a in client(workspace).list_artifacts(result.run.run_id)}
     assert {"config.yaml", "curves.png", "history.csv", "checkpoints"} <= artifacts
-    assert [a.path for a in client(workspace).list_artifacts(result.run_id, "checkpoints")] == ["checkpoints/best.keras"]
+    assert [a.path for a in client(workspace).list_artifacts(result.run.run_id, "checkpoints")] == ["checkpoints/best.keras"]
     # Artifacts live beside the store, not in whatever directory the run started from.
     assert run.info.artifact_uri.startswith((workspace["base"] / "mlruns").as_uri())
     assert (workspace["base"] / "mlruns" / "tests-mlp").is_dir()
@@ -121,11 +110,11 @@ def test_mlflow_run_holds_params_metric_histories_tags_and_artifacts(trained, wo
 
 def test_logged_model_predicts_through_pyfunc(trained, tiny_prepared):
     x_val, y_val = load_split(tiny_prepared, "val")
-    model = mlflow.pyfunc.load_model(f"runs:/{trained['mlp'].run_id}/model")
+    model = mlflow.pyfunc.load_model(f"runs:/{trained['mlp'].run.run_id}/model")
     assert model.metadata.get_input_schema() is not None
     probabilities = np.asarray(model.predict(x_val.astype(np.float32)))
     assert probabilities.shape == (len(y_val), 10)
-    assert (probabilities.argmax(axis=1) == y_val).mean() == pytest.approx(trained["mlp"].val_accuracy, abs=1e-6)
+    assert (probabilities.argmax(axis=1) == y_val).mean() == pytest.approx(trained["mlp"].metrics.val_accuracy, abs=1e-6)
 
 
 @pytest.mark.slow
@@ -133,7 +122,7 @@ def test_logged_model_is_served_by_mlflow_models_serve(trained, workspace, tiny_
     """``mlflow models serve`` (a real scoring server on 127.0.0.1) answers with the model's probabilities."""
     x_val, y_val = load_split(tiny_prepared, "val")
     command = lambda port: [  # noqa: E731
-        str(Path(sys.executable).parent / "mlflow"), "models", "serve", "--model-uri", f"runs:/{trained['mlp'].run_id}/model",
+        str(Path(sys.executable).parent / "mlflow"), "models", "serve", "--model-uri", f"runs:/{trained['mlp'].run.run_id}/model",
         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
@@ -144,7 +133,7 @@ def test_logged_model_is_served_by_mlflow_models_serve(trained, workspace, tiny_
     probabilities = np.asarray(response.json()["predictions"])
     assert probabilities.shape == (len(y_val), 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
-    assert (probabilities.argmax(axis=1) == y_val).mean() == pytest.approx(trained["mlp"].val_accuracy, abs=1e-6)
+    assert (probabilities.argmax(axis=1) == y_val).mean() == pytest.approx(trained["mlp"].metrics.val_accuracy, abs=1e-6)
 
 
 def test_same_seed_gives_the_same_metrics(trained, workspace):
@@ -152,7 +141,7 @@ def test_same_seed_gives_the_same_metrics(trained, workspace):
     first = pd.read_csv(workspace["base"] / "mlp" / "history.csv")
     second = pd.read_csv(workspace["base"] / "mlp-again" / "history.csv")
     pd.testing.assert_frame_equal(first, second)
-    assert again.val_accuracy == trained["mlp"].val_accuracy and again.run_id != trained["mlp"].run_id
+    assert again.metrics.val_accuracy == trained["mlp"].metrics.val_accuracy and again.run.run_id != trained["mlp"].run.run_id
 
 
 def train_and_read_history(workspace: dict, model: str, out: str, *overrides: str):
@@ -167,10 +156,10 @@ def test_early_stopping_stops_and_restores_the_best_weights(workspace, tiny_prep
         workspace, "mlp", "early", "models.mlp.training.epochs=6", "models.mlp.training.early_stopping.patience=1",
         "models.mlp.training.early_stopping.min_delta=1.0",
     )  # fmt: skip
-    assert result.stopped_early and result.epochs == 2 and result.best_epoch == 1
+    assert result.metrics.stopped_early and result.metrics.epochs == 2 and result.metrics.best_epoch == 1
     assert history["epoch"].tolist() == [0, 1, 2]
     assert history["val_accuracy"].iloc[2] != history["val_accuracy"].iloc[1], "need a change to see which weights were kept"
-    assert result.val_accuracy == pytest.approx(history["val_accuracy"].iloc[1], abs=1e-6)
+    assert result.metrics.val_accuracy == pytest.approx(history["val_accuracy"].iloc[1], abs=1e-6)
 
 
 def test_evaluation_every_n_steps_and_max_steps(workspace):
@@ -178,7 +167,7 @@ def test_evaluation_every_n_steps_and_max_steps(workspace):
         workspace, "linear", "steps", "models.linear.training.eval_every_steps=5", "models.linear.training.max_steps=12",
         "models.linear.training.early_stopping.enabled=false",
     )  # fmt: skip
-    assert history["step"].tolist() == [0, 5, 10, 12] and result.steps == 12 and result.epochs == 3
+    assert history["step"].tolist() == [0, 5, 10, 12] and result.metrics.steps == 12 and result.metrics.epochs == 3
 
 
 def test_evaluation_every_n_epochs(workspace):
@@ -186,7 +175,7 @@ def test_evaluation_every_n_epochs(workspace):
         workspace, "linear", "every2", "models.linear.training.eval_every_epochs=2", "models.linear.training.epochs=4",
         "models.linear.training.early_stopping.enabled=false",
     )  # fmt: skip
-    assert history["step"].tolist() == [0, 2 * 19, 4 * 19] and result.epochs == 2
+    assert history["step"].tolist() == [0, 2 * 19, 4 * 19] and result.metrics.epochs == 2
 
 
 class InterruptAt(keras.callbacks.Callback):
@@ -212,7 +201,7 @@ def test_interrupted_run_resumes_its_checkpoint_and_mlflow_run(workspace):
     assert interrupted.info.status == "FAILED" and "simulated Ctrl-C" in interrupted.data.tags["error"]
 
     resumed = train(cfg)
-    assert resumed.run_id == state["run_id"] and resumed.epochs == 4 and resumed.steps == 4 * 19
+    assert resumed.run.run_id == state["run_id"] and resumed.metrics.epochs == 4 and resumed.metrics.steps == 4 * 19
     history = pd.read_csv(workspace["base"] / "resume" / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2, 3, 4]
     runs = store.search_runs([interrupted.info.experiment_id])
@@ -223,7 +212,7 @@ def test_interrupted_run_resumes_its_checkpoint_and_mlflow_run(workspace):
 
     # A finished run is not resumed: the same command trains afresh in a new MLflow run.
     fresh = train(cfg)
-    assert fresh.run_id != resumed.run_id and fresh.epochs == 4
+    assert fresh.run.run_id != resumed.run.run_id and fresh.metrics.epochs == 4
 
 
 def test_nan_loss_fails_clearly_and_the_run_is_failed(workspace):
@@ -241,27 +230,25 @@ def test_nan_loss_fails_clearly_and_the_run_is_failed(workspace):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model=resnet"], r"^model='resnet' is not valid: expected one of cnn, linear, mlp"),
-        (["models.mlp.optimizer.name=adamw"], r"^models\.mlp\.optimizer\.name='adamw'.*adagrad, adam, rmsprop, sgd"),
+        (["model=resnet"], r"^model='resnet' is not valid: expected one of the recipes under models: linear, mlp, cnn"),
+        (["models.mlp.optimizer.name=adamw"], r"^models\.mlp\.optimizer\.name='adamw'.*'adagrad', 'adam', 'rmsprop' or 'sgd'"),
         (["models.mlp.optimizer.learning_rate=0"], r"^models\.mlp\.optimizer\.learning_rate=0 .*greater than 0"),
         (["models.mlp.optimizer.learning_rate=-0.1"], r"^models\.mlp\.optimizer\.learning_rate=-0\.1 "),
         (["models.mlp.training.epochs=0"], r"^models\.mlp\.training\.epochs=0 "),
-        (["models.mlp.training.epochs=-2"], r"^models\.mlp\.training\.epochs=-2 "),
         (["models.mlp.training.batch_size=0"], r"^models\.mlp\.training\.batch_size=0 "),
         (["models.mlp.training.early_stopping.patience=0"], r"^models\.mlp\.training\.early_stopping\.patience=0 "),
         (["models.mlp.training.early_stopping.monitor=val_f1"], r"^models\.mlp\.training\.early_stopping\.monitor='val_f1'"),
-        (["model=cnn", "models.cnn.model.conv_filters=[8,8,8,8]"], r"layer 'block4_pool' gets shape \(1, 1, 8\) from input images of shape \(8, 8, 1\)"),
     ],
 )  # fmt: skip
-def test_bad_settings_fail_before_any_work(workspace, overrides, message):
-    model = next((o.split("=")[1] for o in overrides if o.startswith("model=")), "mlp")
-    cfg = config(workspace, "mlp", "bad", "tracking.experiment=tests-bad", *TINY["cnn"])
-    cfg.model = model
-    from digitlab.config import apply_overrides
-
-    apply_overrides(cfg, [o for o in overrides if not o.startswith("model=")])
+def test_bad_settings_are_refused_by_the_schema(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        train(cfg)
+        tiny_settings(*overrides)
+
+
+def test_an_architecture_that_does_not_fit_the_images_fails_before_any_run(workspace):
+    settings = config(workspace, "cnn", "bad", "tracking.experiment=tests-bad", "models.cnn.model.conv_filters=[8,8,8,8]")
+    with pytest.raises(ConfigError, match=r"layer 'block4_pool' gets shape \(1, 1, 8\) from input images of shape \(8, 8, 1\)"):
+        train(settings)
     assert mlflow.get_experiment_by_name("tests-bad") is None, "no MLflow run may start for a bad config"
     assert not (workspace["base"] / "bad").exists()
 
@@ -289,21 +276,17 @@ def test_unreachable_tracking_server_fails_within_seconds_naming_it(workspace):
 )
 def test_tutorial_presets_are_valid_recipes_for_their_dataset(preset, dataset, model):
     from digitlab.models import build_model
-    from digitlab.training.settings import recipe_from_config
 
-    cfg = compose([f"experiment={preset}"], root=ROOT)
-    recipe = recipe_from_config(cfg)
-    assert cfg.dataset.name == dataset and recipe.name == model
-    assert recipe.optimizer["schedule"] is None, "the tutorials train with a constant learning rate"
+    settings = load_settings(compose([f"experiment={preset}"], root=ROOT))
+    recipe = settings.recipe
+    assert settings.dataset.name == dataset and settings.model == model
+    assert recipe.optimizer.schedule is None, "the tutorials train with a constant learning rate"
     classes = 100 if dataset == "cifar100" else 10
-    assert build_model(recipe.model, cfg.dataset.image_shape, classes).output_shape == (None, classes)
+    assert build_model(recipe.model, settings.dataset.image_shape, classes).output_shape == (None, classes)
 
 
 def test_tutorial_schedules_match_the_tutorials():
-    from digitlab.training.settings import recipe_from_config
-
-    linear = recipe_from_config(compose(["experiment=tutorial_linear"], root=ROOT))
-    assert linear.schedule(55_000) == (550, 2, 1000)  # 1,000 iterations of 100 images, evaluated each pass
-    cnn = recipe_from_config(compose(["experiment=tutorial_cnn"], root=ROOT))
-    steps_per_eval, _, _ = cnn.schedule(55_000)
-    assert steps_per_eval == 100 and steps_per_eval * cnn.training["early_stopping"]["patience"] == 1000
+    linear = load_settings(compose(["experiment=tutorial_linear"], root=ROOT)).recipe.training
+    assert linear.plan(55_000).model_dump() == {"steps_per_eval": 550, "evaluations": 2, "total_steps": 1000}
+    cnn = load_settings(compose(["experiment=tutorial_cnn"], root=ROOT)).recipe.training
+    assert cnn.plan(55_000).steps_per_eval == 100 and 100 * cnn.early_stopping.patience == 1000

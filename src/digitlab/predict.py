@@ -19,15 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
-
 from digitlab.config import PARAMS_FILE, project_root
+from digitlab.data.images import convert_image, open_image
 from digitlab.errors import DigitlabError
+from digitlab.tracking import TrackingSettings
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 DEFAULT_MODEL = "cnn"
 DEFAULT_TOP_K = 3
-_MODEL_CHOICES = "linear, mlp, cnn, a .keras file, or an MLflow URI (models:/NAME@ALIAS or models:/NAME/ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model)"
 
 
 @dataclass(frozen=True)
@@ -41,45 +40,38 @@ class Prediction:
         return self.top[0][0]
 
 
-def _project_settings(root: Path) -> DictConfig:
-    """paths and tracking from the project's params.yaml, or the defaults outside a project."""
-    defaults = OmegaConf.create({"paths": {"data": "data", "models": "models"}, "tracking": {}, "models": {"linear": {}, "mlp": {}, "cnn": {}}})
-    params = root / PARAMS_FILE
-    if not params.is_file():
-        return defaults
-    return OmegaConf.merge(defaults, OmegaConf.load(params))
+@dataclass(frozen=True)
+class Project:
+    """What predict needs from the project it runs in: its recipes, where their models are, its store."""
+
+    recipes: tuple[str, ...]
+    models: Path
+    prepared: Path
+    tracking: TrackingSettings
 
 
-def read_image(path: Path) -> "Image.Image":  # noqa: F821 - Pillow is imported lazily
+def project_settings(root: Path) -> Project:
+    """The project's validated params.yaml, or the default layout outside a project."""
+    from digitlab.config import load_params
+    from digitlab.settings import Layout, load_settings
+
+    if not (root / PARAMS_FILE).is_file():
+        return Project(("linear", "mlp", "cnn"), root / "models", root / "data" / "prepared", TrackingSettings())
+    settings = load_settings(load_params(root / PARAMS_FILE))
+    layout = Layout.for_settings(settings, root)
+    return Project(tuple(settings.models), layout.models, layout.prepared, settings.tracking)
+
+
+def read_image(path: Path):
     """Open and fully decode an image, failing with a message that names the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.exists():
-        raise DigitlabError(f"image {path} does not exist: expected a PNG or JPEG file")
     if path.is_dir():
         raise DigitlabError(f"image {path} is a directory: expected a PNG or JPEG file (pass the files, e.g. {path}/*.png)")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DigitlabError(f"image {path} is not a readable image ({exc}): expected a PNG or JPEG file") from exc
+    return open_image(path)
 
 
 def to_model_input(image, shape: tuple[int, int, int], invert: bool = False) -> np.ndarray:
-    """An image as the model's input: (H, W, C) float32 pixels 0-255, grey (C=1) or RGB (C=3).
-
-    Transparent parts become white, as on paper.
-    """
-    from PIL import Image
-
-    height, width, channels = shape
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.new("RGBA", rgba.size, "white")
-        image.alpha_composite(rgba)
-    image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.LANCZOS)
-    pixels = np.asarray(image, dtype=np.float32).reshape(height, width, channels)
+    """An image as the model's input: (H, W, C) float32 pixels 0-255, grey (C=1) or RGB (C=3), transparency on white."""
+    pixels = convert_image(image, shape).astype(np.float32)
     return 255.0 - pixels if invert else pixels
 
 
@@ -97,27 +89,28 @@ def dark_background(prepared_dir: Path) -> bool | None:
     return bool(np.mean([_border_mean(image) for image in images]) < 128)
 
 
-def load_model(spec: str, root: Path, settings: DictConfig):
+def load_model(spec: str, project: Project):
     """The Keras model ``--model`` names (see the module docstring)."""
     if spec.startswith(MLFLOW_SCHEMES):
-        return _load_mlflow_model(spec, settings)
-    if spec in settings.models:
-        path = root / settings.paths.models / spec / "model.keras"
+        return _load_mlflow_model(spec, project.tracking)
+    if spec in project.recipes:
+        path = project.models / spec / "model.keras"
         if not path.is_file():
             raise DigitlabError(f"{path} is missing: --model {spec} expects the pipeline's trained model (run dvc repro train@{spec})")
     else:
         path = Path(spec)
         if not path.exists():
-            raise DigitlabError(f"--model {spec}: no such file; expected {_MODEL_CHOICES}")
+            raise DigitlabError(f"--model {spec}: no such file; expected {_model_choices(project)}")
         if path.is_dir() or path.suffix != ".keras":
-            raise DigitlabError(f"--model {spec} is not a .keras file; expected {_MODEL_CHOICES}")
+            raise DigitlabError(f"--model {spec} is not a .keras file; expected {_model_choices(project)}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the answer
-    import keras
+    from digitlab.models import load_model as load_keras_model
 
-    try:
-        return keras.models.load_model(path)
-    except Exception as exc:  # Keras raises many kinds for a bad file; the user needs the file and the reason.
-        raise DigitlabError(f"cannot load {path} as a Keras model: {exc}") from exc
+    return load_keras_model(path)
+
+
+def _model_choices(project: Project) -> str:
+    return f"a recipe ({', '.join(project.recipes)}), a .keras file, or an MLflow URI (models:/NAME@ALIAS or models:/NAME/ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model)"
 
 
 def registry_uri(uri: str) -> str:
@@ -128,14 +121,14 @@ def registry_uri(uri: str) -> str:
     return uri
 
 
-def _load_mlflow_model(uri: str, settings: DictConfig):
+def _load_mlflow_model(uri: str, settings: TrackingSettings):
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from digitlab import tracking
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    store = tracking.configure(settings.tracking)
+    store = tracking.configure(settings)
     uri = registry_uri(uri)
     try:
         flavors = mlflow.models.get_model_info(uri).flavors
@@ -166,10 +159,9 @@ def predict(images: list[Path], model_spec: str = DEFAULT_MODEL, top_k: int = DE
         raise DigitlabError(f"--invert {invert} is not valid: expected auto, yes or no")
     # Cheap checks first: a typo in an image name fails before the model loads.
     pictures = [read_image(Path(path)) for path in images]
-    root = root or project_root()
-    settings = _project_settings(root)
-    prepared_dir = root / settings.paths.data / "prepared"
-    model = load_model(model_spec, root, settings)
+    project = project_settings(root or project_root())
+    prepared_dir = project.prepared
+    model = load_model(model_spec, project)
     shape = tuple(int(d) for d in model.input_shape[1:])
     if len(shape) != 3:
         raise DigitlabError(f"--model {model_spec} takes inputs of shape {shape}, expected images (height, width, channels)")
@@ -207,7 +199,7 @@ def add_predict_command(commands: argparse._SubParsersAction) -> None:
         "Examples: digitlab predict digit.png; digitlab predict *.png --model models:/digitlab-mnist_5k@champion --top-k 5",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (any size; converted to the model's input)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"{_MODEL_CHOICES} (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"a recipe of the project's params.yaml (linear, mlp, cnn, ...), a .keras file, or an MLflow URI (default: {DEFAULT_MODEL})")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"how many classes to list per image (default: {DEFAULT_TOP_K})")
     parser.add_argument(
         "--invert",

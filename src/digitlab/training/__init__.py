@@ -1,8 +1,5 @@
 """Training a recipe (model + optimizer + schedule) on the prepared data, tracked in MLflow.
 
-``train(cfg)`` is the whole stage: see :mod:`digitlab.training.loop`.
+``digitlab.training.loop.train(settings)`` is the whole stage. The package itself imports
+nothing: the configuration schema reads ``schedule`` and ``optimizers`` from it quickly.
 """
-
-from digitlab.training.loop import TrainResult, train
-
-__all__ = ["TrainResult", "train"]

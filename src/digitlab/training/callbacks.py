@@ -3,60 +3,57 @@ last-checkpoint callback saves, so a resumed run continues their bookkeeping."""
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
-from pathlib import Path
 
 import keras
 
-from digitlab.config import atomic_write_text
 from digitlab.errors import DigitlabError
 from digitlab.training.checkpoints import CheckpointDir, RunState
-from digitlab.training.settings import Recipe
+from digitlab.training.outputs import TrainOutputs
+from digitlab.training.schedule import EarlyStoppingSettings
 
 log = logging.getLogger("digitlab.training")
 
-HISTORY_COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+# The history columns MLflow records per evaluation (epoch and step index them).
+LOGGED_COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
 
 def current_learning_rate(model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, buffer.getvalue())
+def log_row(row: dict[str, float]) -> None:
+    """One history row as an MLflow metrics step of the active run."""
+    import mlflow
+
+    mlflow.log_metrics({key: row[key] for key in LOGGED_COLUMNS}, step=int(row["epoch"]))
 
 
 class StopOnNaN(keras.callbacks.Callback):
     """A loss that is no longer a number ends the run with an error that says what to change."""
 
-    def __init__(self, recipe: Recipe) -> None:
+    def __init__(self, recipe: str, learning_rate: float) -> None:
         super().__init__()
-        self.recipe = recipe
+        self.recipe, self.learning_rate = recipe, learning_rate
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is None or not math.isfinite(loss):
-            setting = f"models.{self.recipe.name}.optimizer"
+            setting = f"models.{self.recipe}.optimizer"
             raise DigitlabError(
                 f"training diverged: the loss became {loss} in evaluation period {epoch + 1}; "
-                f"lower {setting}.learning_rate (now {self.recipe.optimizer['learning_rate']}) or set {setting}.clipnorm"
+                f"lower {setting}.learning_rate (now {self.learning_rate}) or set {setting}.clipnorm"
             )
 
 
 class RecordEvaluation(keras.callbacks.Callback):
     """One history row, one MLflow metrics step and one progress line per evaluation."""
 
-    def __init__(self, state: RunState, history_path: Path, total_epochs: int, log_metrics) -> None:
+    def __init__(self, state: RunState, outputs: TrainOutputs, total_epochs: int) -> None:
         super().__init__()
-        self.state, self.history_path, self.total_epochs, self.log_metrics = state, history_path, total_epochs, log_metrics
+        self.state, self.outputs, self.total_epochs = state, outputs, total_epochs
         self._time_before = 0.0
         self._started = 0.0
         self._epoch_started = 0.0
@@ -80,8 +77,8 @@ class RecordEvaluation(keras.callbacks.Callback):
         state.history.append(row)
         state.epoch, state.step = row["epoch"], row["step"]
         state.train_time_s = self._time_before + time.perf_counter() - self._started
-        write_history(self.history_path, state.history)
-        self.log_metrics({key: value for key, value in row.items() if key not in ("epoch", "step")}, row["epoch"])
+        self.outputs.write_history(state.history)
+        log_row(row)
         log.info(
             "epoch %d/%d step %d: loss %.4f accuracy %.4f | val_loss %.4f val_accuracy %.4f | lr %.3g | %.1fs",
             row["epoch"], self.total_epochs, row["step"], row["loss"], row["accuracy"],
@@ -96,24 +93,21 @@ class KeepBestAndStopEarly(keras.callbacks.Callback):
     the run state, so a resumed run keeps counting from where it stopped.
     """
 
-    def __init__(self, state: RunState, recipe: Recipe, checkpoints: CheckpointDir) -> None:
+    def __init__(self, state: RunState, stopping: EarlyStoppingSettings, checkpoints: CheckpointDir) -> None:
         super().__init__()
-        self.state, self.checkpoints = state, checkpoints
-        self.monitor, self.better = recipe.monitor, recipe.monitor_improves
-        stopping = recipe.training["early_stopping"]
-        self.enabled, self.patience = bool(stopping["enabled"]), int(stopping["patience"])
+        self.state, self.stopping, self.checkpoints = state, stopping, checkpoints
 
     def on_epoch_end(self, epoch, logs=None):
-        value = float((logs or {})[self.monitor])
+        value = float((logs or {})[self.stopping.monitor])
         state = self.state
-        if state.best_value is None or self.better(value, state.best_value):
+        if state.best_value is None or self.stopping.improves(value, state.best_value):
             state.best_value, state.best_epoch, state.wait = value, epoch + 1, 0
             self.checkpoints.save_model(self.model, self.checkpoints.best)
             return
         state.wait += 1
-        if self.enabled and state.wait >= self.patience:
+        if self.stopping.enabled and state.wait >= self.stopping.patience:
             log.info("early stopping: %s has not improved for %d evaluations (best %.4f at %d)",
-                     self.monitor, state.wait, state.best_value, state.best_epoch)  # fmt: skip
+                     self.stopping.monitor, state.wait, state.best_value, state.best_epoch)  # fmt: skip
             state.stopped_early = True
             self.model.stop_training = True
 

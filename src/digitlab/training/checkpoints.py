@@ -10,26 +10,26 @@ fingerprint continues an unfinished run; anything else starts afresh.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from digitlab.config import atomic_write_text
+from digitlab.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from digitlab.settings import Recipe
 
 LAST = "last.keras"
 BEST = "best.keras"
 STATE = "state.json"
 
 
-def fingerprint(recipe: dict[str, Any], dataset_meta: dict[str, Any], seed: int) -> str:
+def fingerprint(recipe: Recipe, dataset_meta: dict[str, Any], seed: int) -> str:
     """A hash of everything that decides what a run trains (but not whether it may resume)."""
-    recipe = copy.deepcopy(recipe)
-    recipe.get("training", {}).pop("resume", None)
-    payload = json.dumps({"recipe": recipe, "dataset": dataset_meta, "seed": seed}, sort_keys=True, default=str)
+    settings = recipe.model_dump(mode="json", exclude={"training": {"resume"}})
+    payload = json.dumps({"recipe": settings, "dataset": dataset_meta, "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -85,11 +85,9 @@ class CheckpointDir:
             path.unlink(missing_ok=True)
 
     def save_model(self, model, path: Path) -> None:
-        """Save through a temporary file and a rename, so a kill never leaves half a checkpoint."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.keras")
-        model.save(tmp)
-        os.replace(tmp, path)
+        from digitlab.models import save_model
+
+        save_model(model, path)
 
     def save_state(self, state: RunState) -> None:
-        atomic_write_text(self.state_path, json.dumps(asdict(state), indent=2) + "\n")
+        atomic_write_json(self.state_path, asdict(state))
