@@ -2,19 +2,48 @@
 
 Loaded as a pytest plugin (``pytest_plugins``) so that the session-scoped
 models are fitted once per test session, however many modules use them.
+Every file is written through the stages' own contracts
+(:class:`~digitlab.training.outputs.TrainOutputs`,
+:class:`~digitlab.evaluation.outputs.EvaluationOutputs`), so the fixtures
+cannot drift from what the stages write.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import functools
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from digitlab.training.outputs import RunInfo, TrainMetrics, TrainOutputs, TrainResult
+
 MODEL_NAMES = ("linear", "mlp", "cnn")
+ROOT = Path(__file__).resolve().parents[1]
+BATCH_SIZE = 64
+
+
+@functools.cache
+def settings(*overrides: str):
+    """The project's configuration (conf/) for the tiny digits data, validated, with Hydra overrides."""
+    from digitlab.config import compose
+    from digitlab.settings import load_settings
+
+    return load_settings(compose(["dataset=digits", *overrides], ROOT))
+
+
+def layout(root: Path, *overrides: str):
+    """Where the stages read and write in a project at ``root``."""
+    from digitlab.settings import Layout
+
+    return Layout.for_settings(settings(*overrides), root)
+
+
+def evaluation_dir(root: Path, recipe: str) -> Path:
+    """Where the evaluate stage writes ``recipe``'s results in a project at ``root``."""
+    return layout(root).report_dir(recipe)
 
 
 def _build(name: str, image_shape: tuple[int, int, int], num_classes: int):
@@ -31,9 +60,46 @@ def _build(name: str, image_shape: tuple[int, int, int], num_classes: int):
     return model
 
 
+def _scores(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    result = model.evaluate(x.astype("float32"), y, batch_size=256, verbose=0, return_dict=True)
+    return float(result["loss"]), float(result["accuracy"])
+
+
+def _history_rows(before: dict[str, float], fitted: dict[str, list[float]], steps_per_epoch: int) -> list[dict[str, float]]:
+    """history.csv's rows as the train stage writes them: row 0 before training, then one per epoch."""
+    rows = [{"epoch": 0, "step": 0, **before, "learning_rate": 0.01}]
+    for index in range(len(fitted["loss"])):
+        scores = {key: float(fitted[key][index]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        rows.append({"epoch": index + 1, "step": (index + 1) * steps_per_epoch, **scores, "learning_rate": 0.01})
+    return rows
+
+
+def write_trained(outputs: TrainOutputs, model, splits: dict[str, tuple[np.ndarray, np.ndarray]], dataset: str) -> None:
+    """Fit ``model`` briefly and write its train-stage outputs through :class:`TrainOutputs`."""
+    from digitlab.models import save_model
+
+    (x_train, y_train), (x_val, y_val) = splits["train"], splits["val"]
+    loss, accuracy = _scores(model, x_train, y_train)
+    val_loss, val_accuracy = _scores(model, x_val, y_val)
+    before = {"loss": loss, "accuracy": accuracy, "val_loss": val_loss, "val_accuracy": val_accuracy}
+    fit = model.fit(x_train.astype("float32"), y_train, validation_data=(x_val.astype("float32"), y_val), epochs=3, batch_size=BATCH_SIZE, verbose=0)
+    save_model(model, outputs.model)
+    steps_per_epoch = int(np.ceil(len(y_train) / BATCH_SIZE))
+    rows = _history_rows(before, fit.history, steps_per_epoch)
+    outputs.write_history(rows)
+    best = int(np.argmax(fit.history["val_accuracy"]))
+    metrics = TrainMetrics(
+        best_epoch=best + 1, epochs=len(rows) - 1, steps=int(rows[-1]["step"]), stopped_early=False, train_time_s=1.0,
+        initial_val_accuracy=val_accuracy, val_accuracy=float(fit.history["val_accuracy"][best]),
+        val_loss=float(fit.history["val_loss"][best]), trainable_params=int(model.count_params()), images_per_s=1000.0,
+    )  # fmt: skip
+    run = RunInfo(model=outputs.recipe, dataset=dataset, run_id=None, experiment_id=None, tracking_uri=None, model_uri=None)
+    outputs.write_result(TrainResult(metrics, run))
+
+
 @pytest.fixture(scope="session")
 def trained_models(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``models/<name>/{model.keras,history.csv,train.json,run.json}`` for linear, mlp and cnn, fitted on 8x8 digits.
+    """``models/<name>/`` (model.keras, history.csv, train.json, run.json) for linear, mlp and cnn, fitted on 8x8 digits.
 
     run.json has no MLflow run id; :func:`with_mlflow_runs` adds real runs to a copy.
     """
@@ -43,35 +109,17 @@ def trained_models(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory
 
     keras.utils.set_random_seed(0)
     meta = load_meta(tiny_prepared)
-    x_train, y_train = load_split(tiny_prepared, "train")
-    x_val, y_val = load_split(tiny_prepared, "val")
+    splits = {split: load_split(tiny_prepared, split) for split in ("train", "val")}
     models_dir = tmp_path_factory.mktemp("trained") / "models"
     for name in MODEL_NAMES:
-        model = _build(name, meta.image_shape, meta.num_classes)
-        fit = model.fit(x_train.astype("float32"), y_train, validation_data=(x_val.astype("float32"), y_val), epochs=3, batch_size=64, verbose=0)
-        out = models_dir / name
-        out.mkdir(parents=True)
-        model.save(out / "model.keras")
-        epochs = len(fit.history["loss"])
-        history = pd.DataFrame(
-            {
-                "epoch": np.arange(1, epochs + 1),
-                "step": np.arange(1, epochs + 1) * int(np.ceil(len(y_train) / 64)),
-                **{key: fit.history[key] for key in ("loss", "accuracy", "val_loss", "val_accuracy")},
-                "learning_rate": 0.01,
-            }
-        )
-        history.to_csv(out / "history.csv", index=False)
-        best = int(np.argmax(fit.history["val_accuracy"]))
-        run_info = {"model": name, "dataset": meta.dataset, "run_id": None, "experiment_id": None, "tracking_uri": None, "model_uri": None}
-        (out / "run.json").write_text(json.dumps(run_info), encoding="utf-8")
-        info = {
-            "best_epoch": best + 1, "epochs": epochs, "steps": int(history["step"].iloc[-1]), "stopped_early": False,
-            "train_time_s": 1.0, "initial_val_accuracy": 0.1, "val_accuracy": fit.history["val_accuracy"][best],
-            "val_loss": fit.history["val_loss"][best], "params": int(model.count_params()), "images_per_s": 1000.0,
-        }
-        (out / "train.json").write_text(json.dumps(info), encoding="utf-8")
+        write_trained(TrainOutputs(models_dir / name, name), _build(name, meta.image_shape, meta.num_classes), splits, meta.dataset)
     return models_dir
+
+
+def update_run(outputs: TrainOutputs, **changes) -> None:
+    """Change fields of a recipe's run.json (through the train stage's contract)."""
+    result = outputs.read_result()
+    outputs.write_result(dataclasses.replace(result, run=dataclasses.replace(result.run, **changes)))
 
 
 def with_mlflow_runs(models_dir: Path, destination: Path, experiment: str) -> dict[str, str]:
@@ -81,28 +129,19 @@ def with_mlflow_runs(models_dir: Path, destination: Path, experiment: str) -> di
     """
     import mlflow
 
+    from digitlab import tracking
+
     shutil.copytree(models_dir, destination)
-    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    # As the train stage finds or creates it (artifacts beside a SQLite store).
+    experiment_id = tracking.experiment_id(tracking.TrackingSettings(experiment=experiment), "digits")
+    mlflow.set_experiment(experiment_id=experiment_id)
     run_ids = {}
     for name in MODEL_NAMES:
-        with mlflow.start_run(run_name=f"train-{name}") as active:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{name}") as active:
             mlflow.log_metric("val_accuracy", 0.5)
-        path = destination / name / "run.json"
-        info = json.loads(path.read_text(encoding="utf-8"))
-        info.update(run_id=active.info.run_id, experiment_id=experiment_id, tracking_uri=mlflow.get_tracking_uri())
-        path.write_text(json.dumps(info), encoding="utf-8")
+        update_run(TrainOutputs(destination / name, name), run_id=active.info.run_id, experiment_id=experiment_id, tracking_uri=mlflow.get_tracking_uri())
         run_ids[name] = active.info.run_id
     return run_ids
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def config(*overrides: str):
-    """The project's params.yaml for the tiny digits data, with overrides."""
-    from digitlab.config import load_params
-
-    return load_params(ROOT / "params.yaml", ["dataset.name=digits", *overrides])
 
 
 def make_project(root: Path, tiny_prepared: Path, trained_models: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
@@ -126,8 +165,9 @@ def evaluated(tiny_prepared, trained_models, tmp_path_factory) -> tuple[Path, di
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
         run_ids = make_project(root, tiny_prepared, trained_models, patch)
+        config, where = settings(), layout(root)
         for name in MODEL_NAMES:
-            evaluate.run(config(f"model={name}"))
+            evaluate.run(config, where, name)
     return root, run_ids, uri
 
 
@@ -137,22 +177,79 @@ def reported(evaluated) -> tuple[Path, dict[str, str], str, str]:
 
     Returns (root, run ids, store URI, best model name).
     """
-    import keras
     import mlflow
 
+    from digitlab.evaluation.outputs import EvaluationOutputs
+    from digitlab.models import load_model
     from digitlab.report import build
 
     root, run_ids, uri = evaluated
-    accuracies = {name: json.loads((root / "reports" / name / "metrics.json").read_text())["accuracy"] for name in MODEL_NAMES}
+    accuracies = {name: EvaluationOutputs(evaluation_dir(root, name), name).read_metrics().accuracy for name in MODEL_NAMES}
     best = max(accuracies, key=accuracies.get)
+    overrides = ("report.register_alias=champion", "report.registered_model_name=digitlab-digits", "tracking.ui_url=http://127.0.0.1:5000")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("DVC_ROOT", str(root))
         mlflow.set_tracking_uri(uri)
         # The train stage logs its model the same way (mlflow.keras.log_model, artifact "model").
+        trained = TrainOutputs(root / "models" / best, best)
         with mlflow.start_run(run_id=run_ids[best]):
-            info = mlflow.keras.log_model(keras.models.load_model(root / "models" / best / "model.keras"), name="model")
-        path = root / "models" / best / "run.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "model_uri": info.model_uri}))
-        build.run(config("report.register_alias=champion", "report.registered_model_name=digitlab-digits", "tracking.ui_url=http://127.0.0.1:5000"))
+            info = mlflow.keras.log_model(load_model(trained.model), name="model")
+        update_run(trained, model_uri=info.model_uri)
+        build.run(settings(*overrides), layout(root, *overrides))
     return root, run_ids, uri, best
+
+
+# --- fake stage outputs (no Keras): for report tests over any set of recipes -------------------
+
+
+def write_fake_training(outputs: TrainOutputs, dataset: str, epochs: int = 3) -> None:
+    """A recipe's train-stage outputs without a model (the report reads no model), through :class:`TrainOutputs`."""
+    rows = [
+        {"epoch": e, "step": 10 * e, "loss": 2.3 / (e + 1), "accuracy": 0.1 + 0.25 * e, "val_loss": 2.3 / (e + 1) + 0.1,
+         "val_accuracy": 0.1 + 0.2 * e, "learning_rate": 0.01}
+        for e in range(epochs + 1)
+    ]  # fmt: skip
+    outputs.write_history(rows)
+    metrics = TrainMetrics(
+        best_epoch=epochs, epochs=epochs, steps=10 * epochs, stopped_early=False, train_time_s=1.0, initial_val_accuracy=0.1,
+        val_accuracy=rows[-1]["val_accuracy"], val_loss=rows[-1]["val_loss"], trainable_params=100, images_per_s=1000.0,
+    )  # fmt: skip
+    outputs.write_result(TrainResult(metrics, RunInfo(outputs.recipe, dataset, None, None, None, None)))
+
+
+def write_fake_evaluation(outputs, meta, y_true: np.ndarray, seed: int) -> None:
+    """A recipe's evaluate-stage outputs from random predictions (better with a higher ``seed``), through
+    :class:`~digitlab.evaluation.outputs.EvaluationOutputs`; the figures that need no model are drawn."""
+    from digitlab.evaluation import metrics
+    from digitlab.evaluation.figures import FIGURES, EvaluationData
+    from digitlab.evaluation.outputs import EvaluationMetrics, Predictions
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(len(y_true), meta.num_classes))
+    logits[np.arange(len(y_true)), y_true] += 1.0 + 0.5 * seed
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y_pred = probabilities.argmax(axis=1)
+    summary = metrics.summarize(y_true, probabilities, top_k=5, confidence_level=0.95)
+    outputs.write_predictions(Predictions(y_true, y_pred, probabilities))
+    outputs.write_confusion(y_true, y_pred, meta.class_names)
+    outputs.write_classification_report(metrics.classification_report(y_true, y_pred, meta.class_names))
+    data = EvaluationData(outputs.recipe, meta, np.zeros((len(y_true), *meta.image_shape), np.uint8), y_true, probabilities, None, None, None)
+    for key in ("confusion", "roc"):
+        outputs.write_figure(FIGURES[key], FIGURES[key].draw(data))
+    outputs.write_metrics(
+        EvaluationMetrics(**summary, loss=summary["log_loss"], top_k=5, confidence_level=0.95, throughput_images_per_s=1000.0, n_params=100)
+    )
+
+
+def fake_project(root: Path, tiny_prepared: Path, recipes: list[str]) -> None:
+    """A project whose recipes were trained and evaluated (fakes written through the stages' contracts)."""
+    from digitlab.data.prepared import load_meta, load_split
+    from digitlab.evaluation.outputs import EvaluationOutputs
+
+    shutil.copytree(tiny_prepared, root / "data" / "prepared")
+    meta = load_meta(root / "data" / "prepared")
+    _, y_test = load_split(root / "data" / "prepared", "test")
+    for seed, recipe in enumerate(recipes):
+        write_fake_training(TrainOutputs(root / "models" / recipe, recipe), meta.dataset)
+        write_fake_evaluation(EvaluationOutputs(evaluation_dir(root, recipe), recipe), meta, y_test, seed)

@@ -29,7 +29,7 @@ def known_images(evaluated, tmp_path_factory) -> tuple[list[Path], list[str]]:
     """
     root, _, _ = evaluated
     x_test = np.load(root / "data" / "prepared" / "test.npz")["x"]
-    predictions = np.load(root / "reports" / "cnn" / "predictions.npz")
+    predictions = np.load(root / "reports" / "evaluation" / "cnn" / "predictions.npz")
     confident = np.flatnonzero(
         (predictions["y_pred"] == predictions["y_true"]) & (predictions["probabilities"].max(axis=1) > 0.9)
     )
@@ -92,8 +92,8 @@ def test_registry_uri_accepts_the_alias_after_a_slash(given, expected):
     [
         (lambda d: d / "nope.png", r"image {d}/nope.png does not exist: expected a PNG or JPEG file"),
         (lambda d: d, r"image {d} is a directory: expected a PNG or JPEG file"),
-        (lambda d: (d / "notes.png").write_text("not an image") and d / "notes.png", r"image {d}/notes.png is not a readable image"),
-        (lambda d: (d / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20) and d / "cut.png", r"image {d}/cut.png is not a readable image"),
+        (lambda d: (d / "notes.png").write_text("not an image") and d / "notes.png", r"image {d}/notes.png is not an image Pillow can read"),
+        (lambda d: (d / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20) and d / "cut.png", r"image {d}/cut.png is not an image Pillow can read"),
     ],
     ids=["missing", "directory", "not-an-image", "corrupt-png"],
 )
@@ -109,7 +109,7 @@ def test_bad_models_fail_clearly(tmp_path, known_images):
     image = str(known_images[0][0])
     cases = [
         (["--model", "mlp"], f"{tmp_path}/models/mlp/model.keras is missing: --model mlp expects the pipeline's trained model"),
-        (["--model", "missing.keras"], "--model missing.keras: no such file; expected linear, mlp, cnn, a .keras file"),
+        (["--model", "missing.keras"], "--model missing.keras: no such file; expected a recipe (linear, mlp, cnn), a .keras file"),
         (["--model", str(tmp_path)], f"--model {tmp_path} is not a .keras file"),
         (["--top-k", "0"], "--top-k 0 is not valid: expected a whole number of at least 1"),
     ]

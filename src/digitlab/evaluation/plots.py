@@ -1,13 +1,14 @@
 """Figures: pure functions, arrays in, a matplotlib Figure out (Agg backend, no display needed).
 
-:func:`save_png` writes a figure to disk (atomically) and closes it.
+:func:`save_png` writes a figure to disk (atomically) and closes it; :func:`png_bytes`
+renders one in memory. Which figures the evaluate stage draws, and from what,
+is :mod:`digitlab.evaluation.figures`.
 """
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
+from digitlab.io import atomic_path  # noqa: E402
+
 DPI = 100
 # Above this many classes per-cell counts are unreadable; the colour alone tells the story.
 MAX_ANNOTATED_CLASSES = 30
@@ -31,20 +34,23 @@ DIVERGING_CMAP = "RdBu_r"
 
 
 def save_png(figure: Figure, path: Path | str) -> Path:
-    """Write ``figure`` as a PNG through a temporary file (never half-written) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
+    """Write ``figure`` as a PNG (atomically: never half-written) and close it."""
     try:
-        figure.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=DPI, format="png")
     finally:
         plt.close(figure)
-    return path
+    return Path(path)
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """``figure`` as PNG bytes, in memory; the figure is closed."""
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, dpi=DPI, format="png")
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()
 
 
 def _tick_positions(num_classes: int) -> np.ndarray:
