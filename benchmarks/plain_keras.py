@@ -68,10 +68,11 @@ def load_prepared(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {split: load_split(directory, split) for split in SPLITS}
 
 
-def train(recipe: dict, splits: dict, epochs: int, seed: int, early_stopping: bool) -> dict:
+def train(recipe, splits: dict, epochs: int, seed: int, early_stopping: bool) -> dict:
+    """Plain Keras: ``model.fit`` on in-memory arrays, with the recipe's own model and optimizer."""
     import keras
 
-    from digitlab.models import build_model, build_optimizer
+    from digitlab.models import build_model
 
     keras.utils.set_random_seed(seed)
     x_train, y_train = splits["train"]
@@ -81,16 +82,16 @@ def train(recipe: dict, splits: dict, epochs: int, seed: int, early_stopping: bo
     x_train, x_val, x_test = (x.astype("float32") for x in (x_train, x_val, x_test))
     num_classes = int(max(y_train.max(), y_test.max()) + 1)
 
-    batch_size = recipe["training"]["batch_size"]
+    batch_size = recipe.training.batch_size
     steps_per_epoch = -(-len(y_train) // batch_size)
-    model = build_model(recipe["model"], x_train.shape[1:], num_classes)
-    model.compile(optimizer=build_optimizer(recipe["optimizer"], steps_per_epoch * epochs),
+    model = build_model(recipe.model, x_train.shape[1:], num_classes)
+    model.compile(optimizer=recipe.optimizer.build(steps_per_epoch * epochs),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     callbacks = []
     if early_stopping:
-        stopping = recipe["training"]["early_stopping"]
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=stopping["monitor"], patience=stopping["patience"],
-                                                       min_delta=stopping["min_delta"], restore_best_weights=True))
+        stopping = recipe.training.early_stopping
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=stopping.monitor, patience=stopping.patience,
+                                                       min_delta=stopping.min_delta, restore_best_weights=True))
     start = time.perf_counter()
     history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=2,
                         validation_data=(x_val, y_val) if early_stopping else None, callbacks=callbacks)
@@ -98,7 +99,7 @@ def train(recipe: dict, splits: dict, epochs: int, seed: int, early_stopping: bo
     epochs_run = len(history.history["loss"])
     _, test_accuracy = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
     return {
-        "model": recipe["model"]["name"],
+        "model": recipe.model.name,
         "params": int(model.count_params()),
         "epochs": epochs_run,
         "train_images": int(len(y_train)),
@@ -112,7 +113,7 @@ def train(recipe: dict, splits: dict, epochs: int, seed: int, early_stopping: bo
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="composed config (params.yaml)")
-    parser.add_argument("--model", required=True, choices=["linear", "mlp", "cnn"])
+    parser.add_argument("--model", required=True, help="a recipe of the params file (linear, mlp, cnn, ...)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="a prepared data directory (train/val/test.npz)")
     source.add_argument("--idx-dir", type=Path, help="a directory of IDX files (Fashion-MNIST layout)")
@@ -123,18 +124,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", help="Hydra-style overrides of params, e.g. models.cnn.model.dropout=0.4")
     args = parser.parse_args(argv)
 
-    from omegaconf import OmegaConf
-
     from digitlab.config import load_params
+    from digitlab.settings import load_settings
 
-    cfg = load_params(args.params, args.overrides)
-    recipe = OmegaConf.to_container(cfg.models[args.model], resolve=True)
+    settings = load_settings(load_params(args.params, [*args.overrides, f"model={args.model}"]))
     splits = load_prepared(args.data) if args.data else load_idx_dir(args.idx_dir, args.validation_size)
-    result = train(recipe, splits, args.epochs, int(cfg.seed), args.early_stopping)
+    result = train(settings.recipe, splits, args.epochs, settings.seed, args.early_stopping)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        from digitlab.config import atomic_write_text
+        from digitlab.io import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
     return result

@@ -47,13 +47,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN_KERAS = Path(__file__).resolve().parent / "plain_keras.py"
 # What a copy of the project needs to run its pipeline (no data, models or stores).
 PROJECT_FILES = ("conf", "pipeline", "src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
-MODELS = ("linear", "mlp", "cnn")
+# The pipeline's recipes, as params.yaml names them (a recipe added in conf/ is measured too).
+MODELS = tuple(yaml.safe_load((ROOT / "params.yaml").read_text())["models"])
 PARTS = ("overhead", "caching", "memory", "accuracy")
 
 # The targets of issue 5.
@@ -183,7 +186,8 @@ def write_params(project: Path, overrides: list[str], name: str = "params.yaml")
     """Compose the project's conf/ with ``overrides`` into ``name`` (as ``digitlab params`` does)."""
     from omegaconf import OmegaConf
 
-    from digitlab.config import atomic_write_text, compose
+    from digitlab.config import compose
+    from digitlab.io import atomic_write_text
 
     path = project / name
     atomic_write_text(path, OmegaConf.to_yaml(compose(overrides, project)))
@@ -716,7 +720,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["notes"].append("Published tutorial numbers are on MNIST or CIFAR-100, not on the datasets measured here.")
     results["targets"] = targets_table(results)
     results["wall_s"] = time.perf_counter() - started
-    from digitlab.config import atomic_write_text
+    from digitlab.io import atomic_write_text
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out_dir / "results.json", json.dumps(results, indent=2) + "\n")

@@ -133,6 +133,34 @@ def mlflow_uri(tmp_path: Path, _mlflow_template: Path, monkeypatch: pytest.Monke
     return uri
 
 
+# The real conf/, shrunk: 8x8 digits and small recipes train in a couple of seconds each on one core.
+TINY_OVERRIDES = (
+    "dataset=digits",
+    "models.linear.optimizer.learning_rate=0.05",
+    "models.mlp.model.hidden_units=[32]",
+    "models.mlp.optimizer.learning_rate=0.01",
+    "models.cnn.model.conv_filters=[8,16]",
+    "models.cnn.model.batch_norm=false",
+    "models.cnn.model.dense_units=[32]",
+    "models.cnn.optimizer.learning_rate=0.01",
+    *(f"models.{name}.training.{key}" for name in ("linear", "mlp", "cnn") for key in ("batch_size=64", "epochs=3")),
+)
+
+
+def tiny_config(*overrides: str, root: Path = ROOT):
+    """The real Hydra composition of ``conf/`` with :data:`TINY_OVERRIDES`, then ``overrides`` (a DictConfig)."""
+    from digitlab.config import compose
+
+    return compose([*TINY_OVERRIDES, *overrides], root=root)
+
+
+def tiny_settings(*overrides: str, root: Path = ROOT):
+    """:func:`tiny_config`, validated: the :class:`~digitlab.settings.Settings` a stage receives."""
+    from digitlab.settings import load_settings
+
+    return load_settings(tiny_config(*overrides, root=root))
+
+
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared dataset (the preprocess output format) from scikit-learn's 8x8 digits."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from digitlab.config import ROOT_MARKER, apply_overrides, compose, home_root, load_params, project_root, to_flat_dict, write_params
-from digitlab.errors import ConfigError, DigitlabError, require_choice, require_positive
+from digitlab.errors import DigitlabError
+from digitlab.settings import load_settings
 
 from .conftest import ROOT, run
 
@@ -80,7 +82,7 @@ def test_write_params_writes_the_composition_atomically(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o044, "params.yaml must be readable by others, like any file a user writes"
 
 
-def test_project_root_and_the_dvc_temp_copy_map_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_outputs_stay_in_the_experiment_copy_and_the_store_in_the_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DVC_ROOT", raising=False)
     project = tmp_path / "proj"
     copy = project / ".dvc" / "tmp" / "exps" / "tmpa1b2c3"
@@ -90,20 +92,16 @@ def test_project_root_and_the_dvc_temp_copy_map_back(tmp_path: Path, monkeypatch
     assert project_root(copy / "pipeline") == copy
     assert home_root(copy / "pipeline") == project
     assert home_root(project) == project
-    monkeypatch.setenv("DVC_ROOT", str(copy))
-    assert home_root() == project
+    # DVC points $DVC_ROOT at the parent repository for --temp and --queue copies:
+    # shared state goes there, the stage's outputs stay in the copy it runs in.
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    monkeypatch.chdir(copy)
+    assert home_root() == project and project_root() == copy
 
 
 def test_flat_params_for_mlflow() -> None:
     flat = to_flat_dict(OmegaConf.create({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}}))
     assert flat == {"a.b": 1, "a.c": [1, 2], "d": None, "e": {}}
-
-
-def test_require_helpers_name_setting_value_and_allowed() -> None:
-    with pytest.raises(ConfigError, match=r"training.batch_size=0 is not valid: expected a whole number greater than 0"):
-        require_positive("training.batch_size", 0, integer=True)
-    with pytest.raises(ConfigError, match=r"model='resnet' is not valid: expected one of cnn, linear, mlp"):
-        require_choice("model", "resnet", ["linear", "mlp", "cnn"])
 
 
 def test_cli_params_command_and_bad_override_exit_code(project: Path) -> None:
@@ -128,3 +126,72 @@ def test_stage_entry_point_rejects_a_missing_params_file(project: Path) -> None:
                             cwd=project, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "nope.yaml does not exist" in result.stderr
+
+
+# Each a real command, as a user types it: one line naming the setting, the value and what is allowed; exit 2.
+BAD_SETTINGS = [
+    (["models.linear.model.kernel_initializer=foo"], r"^digitlab: error: models\.linear\.model\.kernel_initializer='foo' is not valid: expected 'glorot_uniform'"),
+    (["optimizer@models.linear.optimizer=sgd", "models.linear.optimizer.momentum=1.5"], r"^digitlab: error: models\.linear\.optimizer\.momentum=1\.5 is not valid: expected .*less than 1"),
+    (["seed=4294967296"], r"^digitlab: error: seed=4294967296 is not valid: expected .*less than or equal to 4294967295"),
+    (["tracking.uri=htp://localhost:5000"], r"^digitlab: error: tracking\.uri='htp://localhost:5000' is not valid: expected a URI of an MLflow store"),
+    (["dataset.validation_size=1.5"], r"^digitlab: error: dataset\.validation_size=1\.5 is not valid"),
+    (["models.cnn.training.deterministic=yes"], r"^digitlab: error: models\.cnn\.training\.deterministic='yes' is not valid: expected a valid boolean"),
+    (["models.mlp.model.dropout=nan"], r"^digitlab: error: models\.mlp\.model\.dropout=nan is not valid: expected a finite number"),
+    (["evaluate.top_k=inf"], r"^digitlab: error: evaluate\.top_k=inf is not valid"),
+    (["+models.cnn.model.filterz=3"], r"^digitlab: error: models\.cnn\.model\.filterz=3 is not valid: expected no such setting"),
+    (["model=resnet"], r"^digitlab: error: model='resnet' is not valid: expected one of the recipes under models: linear, mlp, cnn"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_SETTINGS, ids=[" ".join(o) for o, _ in BAD_SETTINGS])
+def test_bad_setting_is_one_line_and_exit_2_and_params_yaml_is_kept(project: Path, overrides: list[str], message: str) -> None:
+    before = (project / "params.yaml").read_bytes()
+    result = run([str(Path(sys.executable).parent / "digitlab"), "params", *overrides], project, check=False)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(message, lines[0]), result.stderr
+    assert (project / "params.yaml").read_bytes() == before, "a refused setting must not reach params.yaml"
+
+
+@pytest.mark.parametrize("mode", ["params", "hydra"])
+def test_stage_refuses_a_bad_setting_before_any_work(project: Path, mode: str) -> None:
+    args = ["--params", "params.yaml"] if mode == "params" else []
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.train", *args, "model=linear", "models.linear.model.kernel_initializer=foo"],
+        cwd=project, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("digitlab: error: models.linear.model.kernel_initializer='foo'")
+    assert not (project / "models").exists() and not (project / "mlflow.db").exists()
+
+
+def test_relative_sqlite_uri_is_accepted() -> None:
+    assert load_settings(compose(["tracking.uri=sqlite:///mlflow.db"], root=ROOT)).tracking.uri == "sqlite:///mlflow.db"
+
+
+@pytest.mark.parametrize("text", ["dataset: [unclosed\n", "- just\n- a list\n"])
+def test_malformed_params_file_is_one_line(tmp_path: Path, text: str) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text)
+    result = subprocess.run([sys.executable, "-m", "pipeline.preprocess", "--params", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert str(bad) in result.stderr
+
+
+def test_every_committed_option_validates() -> None:
+    for group in ("dataset", "experiment"):
+        for option in options(group):
+            load_settings(compose([f"{group}={option}"], root=ROOT))
+
+
+def test_a_fourth_recipe_is_yaml_only(project: Path) -> None:
+    """A recipe added through conf/ gets its train and evaluate stages, and the report depends on them."""
+    digitlab = str(Path(sys.executable).parent / "digitlab")
+    run([digitlab, "params", "+architecture@models.cnn_wide.model=cnn", "+optimizer@models.cnn_wide.optimizer=adam",
+         "+training@models.cnn_wide.training=default", "models.cnn_wide.model.conv_filters=[64,128]"], project)  # fmt: skip
+    stages = run(["dvc", "stage", "list"], project).stdout
+    assert "train@cnn_wide" in stages and "evaluate@cnn_wide" in stages
+    dag = run(["dvc", "dag", "--dot", "report"], project).stdout
+    assert '"train@cnn_wide"' in dag and '"evaluate@cnn_wide"' in dag
+    lock_cmd = run(["dvc", "status", "train@cnn_wide"], project).stdout
+    assert "cnn_wide" in lock_cmd

@@ -45,7 +45,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     project = tmp_path_factory.mktemp("e2e") / "project"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
     # Uncommitted work in the source tree must be tested too: copy it over the clone.
-    for name in ("conf", "pipeline", "src", "dvc.yaml", "params.yaml"):
+    for name in ("conf", "pipeline", "src", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         source = ROOT / name
         if source.is_dir():
             shutil.rmtree(project / name)
@@ -66,7 +66,30 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     run([*git, "add", "-A"], project)
     run([*git, "commit", "-qm", "first run"], project)
     experiment = run(["dvc", "exp", "run", "-S", "models.cnn.training.epochs=2"], project, env=env, timeout=900)
-    return {"project": project, "first": first.stdout, "noop": noop.stdout, "experiment": experiment.stdout}
+    # Experiments in copies under .dvc/tmp/exps: one --temp, then two queued and run two at a time.
+    temp = run(["dvc", "exp", "run", "--temp", "-n", "temp-linear", "-S", "models.linear.training.epochs=2"], project, env=env, timeout=900)
+    for name, override in (("queued-mlp", "models.mlp.training.epochs=2"), ("queued-linear", "models.linear.training.epochs=1")):
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", override], project, env=env)
+    run(["dvc", "queue", "start", "-j", "2"], project, env=env)
+    queue = wait_for_queue(project, env)
+    return {
+        "project": project, "first": first.stdout, "noop": noop.stdout, "experiment": experiment.stdout,
+        "temp": temp.stdout + temp.stderr, "queue": queue,
+    }  # fmt: skip
+
+
+def wait_for_queue(project: Path, env: dict, timeout: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run(["dvc", "queue", "status"], project, env=env).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            run(["dvc", "queue", "stop"], project, env=env, check=False)
+            return status
+        assert time.monotonic() < deadline, f"the queue did not finish in {timeout:.0f} s:\n{status}"
+        time.sleep(3)
 
 
 def test_first_repro_runs_every_stage_and_writes_every_output(pipeline: dict) -> None:
@@ -75,9 +98,9 @@ def test_first_repro_runs_every_stage_and_writes_every_output(pipeline: dict) ->
     assert stages_run(pipeline["first"]) == expected
     for model in RECIPES:
         assert (project / "models" / model / "model.keras").stat().st_size > 0
-        metrics = json.loads((project / "reports" / model / "metrics.json").read_text())
+        metrics = json.loads((project / "reports" / "evaluation" / model / "metrics.json").read_text())
         assert 0.0 <= metrics["accuracy"] <= 1.0
-        assert sorted((project / "reports" / model / "figures").glob("*.png"))
+        assert sorted((project / "reports" / "evaluation" / model / "figures").glob("*.png"))
     report = (project / "reports" / "report.html").read_text()
     assert all(f'id="row-{model}"' in report for model in RECIPES)
     assert "data:image/png;base64," in report
@@ -104,11 +127,11 @@ def test_dvc_metrics_show_and_diff_list_the_three_models(pipeline: dict) -> None
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     files = next(iter(shown.values()))["data"]
     for model in RECIPES:
-        on_disk = json.loads((project / "reports" / model / "metrics.json").read_text())
-        assert files[f"reports/{model}/metrics.json"]["data"]["accuracy"] == pytest.approx(on_disk["accuracy"])
+        on_disk = json.loads((project / "reports" / "evaluation" / model / "metrics.json").read_text())
+        assert files[f"reports/evaluation/{model}/metrics.json"]["data"]["accuracy"] == pytest.approx(on_disk["accuracy"])
         assert all(isinstance(v, (int, float)) for v in files[f"models/{model}/train.json"]["data"].values())
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
-    assert any(path.startswith("reports/cnn/") for path in diff), "the CNN experiment changed no CNN metric"
+    assert any(path.startswith("reports/evaluation/cnn/") for path in diff), "the CNN experiment changed no CNN metric"
 
 
 def test_dvc_plots_show_renders_confusion_matrices_and_curves(pipeline: dict) -> None:
@@ -141,3 +164,35 @@ def test_mlflow_store_at_the_project_root_holds_finished_runs(pipeline: dict) ->
     history = client.get_metric_history(latest.info.run_id, "val_accuracy")
     assert sorted(metric.step for metric in history) == [0, 1, 2], "before training (step 0), then one per epoch"
     assert latest.data.tags.get("dvc_experiment"), "a run under `dvc exp run` is tagged with the experiment name"
+
+
+def exp_names(project: Path) -> set[str]:
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    return {exp.get("name") for baseline in shown for exp in (baseline.get("experiments") or [])}
+
+
+def test_temp_experiment_runs_in_its_copy_and_comes_back(pipeline: dict) -> None:
+    project: Path = pipeline["project"]
+    assert stages_run(pipeline["temp"]) == {"train@linear", "evaluate@linear", "report"}
+    assert "temp-linear" in exp_names(project)
+    assert not (project / ".dvc" / "tmp" / "exps" / "data").exists(), "no output may land outside the copy"
+
+
+def test_two_queued_experiments_run_two_at_a_time_and_succeed(pipeline: dict) -> None:
+    project: Path = pipeline["project"]
+    status = pipeline["queue"]
+    assert len(re.findall(r"\bSuccess\b", status)) >= 2 and "Failed" not in status, status
+    assert {"queued-mlp", "queued-linear"} <= exp_names(project)
+    run(["dvc", "exp", "apply", "queued-mlp"], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["models"]["mlp"]["training"]["epochs"] == 2
+    assert json.loads((project / "models" / "mlp" / "train.json").read_text())["epochs"] <= 2
+
+
+def test_experiments_in_copies_log_to_the_project_store(pipeline: dict) -> None:
+    project: Path = pipeline["project"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = [found for exp in client.search_experiments() for found in client.search_runs([exp.experiment_id])]
+    tagged = {found.data.tags.get("dvc_experiment") for found in runs}
+    assert {"temp-linear", "queued-mlp", "queued-linear"} <= tagged
+    assert all(found.info.status == "FINISHED" for found in runs)
