@@ -93,7 +93,7 @@ def test_the_tutorial_cnn_preset_is_the_tutorials_network():
 @pytest.mark.parametrize(
     ("data", "setting", "allowed"),
     [
-        ({"name": "resnet"}, "model", "one of cnn, linear, mlp"),
+        ({"name": "resnet"}, r"model\.name", "one of cnn, linear, mlp"),
         ({"name": "mlp", "dropout": 1.0}, "model.dropout", "less than 1"),
         ({"name": "cnn", "dropout": -0.1}, "model.dropout", "greater than or equal to 0"),
         ({"name": "linear", "l2": -1e-4}, "model.l2", "greater than or equal to 0"),

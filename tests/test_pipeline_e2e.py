@@ -66,15 +66,18 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     run([*git, "add", "-A"], project)
     run([*git, "commit", "-qm", "first run"], project)
     experiment = run(["dvc", "exp", "run", "-S", "models.cnn.training.epochs=2"], project, env=env, timeout=900)
+    params_after_experiment = yaml.safe_load((project / "params.yaml").read_text())
     # Experiments in copies under .dvc/tmp/exps: one --temp, then two queued and run two at a time.
-    temp = run(["dvc", "exp", "run", "--temp", "-n", "temp-linear", "-S", "models.linear.training.epochs=2"], project, env=env, timeout=900)
-    for name, override in (("queued-mlp", "models.mlp.training.epochs=2"), ("queued-linear", "models.linear.training.epochs=1")):
+    temp = run(["dvc", "exp", "run", "--temp", "-n", "temp-linear", "-S", "models.linear.training.epochs=3"], project, env=env, timeout=900)
+    for name, override in (("queued-mlp", "models.mlp.training.epochs=3"), ("queued-linear", "models.linear.training.epochs=1")):
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", override], project, env=env)
     run(["dvc", "queue", "start", "-j", "2"], project, env=env)
     queue = wait_for_queue(project, env)
+    # Back to the CNN parameters of the first run: DVC's run cache restores it, nothing trains.
+    back = run(["dvc", "exp", "run", "-S", "models.cnn.training.epochs=1"], project, env=env, timeout=900)
     return {
         "project": project, "first": first.stdout, "noop": noop.stdout, "experiment": experiment.stdout,
-        "temp": temp.stdout + temp.stderr, "queue": queue,
+        "temp": temp.stdout + temp.stderr, "queue": queue, "back": back.stdout, "params_after_experiment": params_after_experiment,
     }  # fmt: skip
 
 
@@ -117,7 +120,7 @@ def test_changing_one_model_reruns_only_that_model_and_the_report(pipeline: dict
 
 
 def test_params_yaml_was_recomposed_with_the_experiment_override(pipeline: dict) -> None:
-    params = yaml.safe_load((pipeline["project"] / "params.yaml").read_text())
+    params = pipeline["params_after_experiment"]
     assert params["models"]["cnn"]["training"]["epochs"] == 2
     assert params["dataset"]["name"] == "digits"  # the tiny preset from conf/ still applies
 
@@ -173,7 +176,9 @@ def exp_names(project: Path) -> set[str]:
 
 def test_temp_experiment_runs_in_its_copy_and_comes_back(pipeline: dict) -> None:
     project: Path = pipeline["project"]
-    assert stages_run(pipeline["temp"]) == {"train@linear", "evaluate@linear", "report"}
+    ran = stages_run(pipeline["temp"])
+    assert {"train@linear", "evaluate@linear", "report"} <= ran
+    assert {stage for stage in ran if stage.startswith("train@")} == {"train@linear"}, "only the changed recipe trains"
     assert "temp-linear" in exp_names(project)
     assert not (project / ".dvc" / "tmp" / "exps" / "data").exists(), "no output may land outside the copy"
 
@@ -185,8 +190,8 @@ def test_two_queued_experiments_run_two_at_a_time_and_succeed(pipeline: dict) ->
     assert {"queued-mlp", "queued-linear"} <= exp_names(project)
     run(["dvc", "exp", "apply", "queued-mlp"], project)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    assert params["models"]["mlp"]["training"]["epochs"] == 2
-    assert json.loads((project / "models" / "mlp" / "train.json").read_text())["epochs"] <= 2
+    assert params["models"]["mlp"]["training"]["epochs"] == 3
+    assert json.loads((project / "models" / "mlp" / "train.json").read_text())["epochs"] <= 3
 
 
 def test_experiments_in_copies_log_to_the_project_store(pipeline: dict) -> None:
@@ -196,3 +201,8 @@ def test_experiments_in_copies_log_to_the_project_store(pipeline: dict) -> None:
     tagged = {found.data.tags.get("dvc_experiment") for found in runs}
     assert {"temp-linear", "queued-mlp", "queued-linear"} <= tagged
     assert all(found.info.status == "FINISHED" for found in runs)
+
+
+def test_returning_to_parameters_already_run_restores_the_stage_without_training(pipeline: dict) -> None:
+    assert "train@cnn" not in stages_run(pipeline["back"])
+    assert re.search(r"Stage 'train@cnn' is cached - skipping run", pipeline["back"]), pipeline["back"]

@@ -115,23 +115,22 @@ def test_killed_training_resumes_from_its_checkpoint_in_the_same_run(signum, dat
     out = tmp_path / "out"
     overrides = [
         *TINY_MLP, "models.mlp.training.epochs=20", "models.mlp.training.early_stopping.enabled=false",
-        f"paths.data={data_dir}", f"tracking.uri={mlflow_uri}", f"output_dir={out}",
+        f"paths.data={data_dir}", f"tracking.uri={mlflow_uri}", f"output_dir={out}", f"paths.checkpoints={tmp_path / 'resume'}",
     ]  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", "--params", str(ROOT / "params.yaml"), *overrides],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    state_path = out / "checkpoints" / "state.json"
     deadline = time.monotonic() + 120
-    while not state_path.exists():
+    while not (states := list((tmp_path / "resume").glob("mlp-*/state.json"))):
         assert process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
         time.sleep(0.05)
     process.send_signal(signum)
     process.communicate(timeout=60)
     assert process.returncode != 0
-    state = json.loads(state_path.read_text())
-    assert 1 <= state["epoch"] < 20 and not state["completed"]
+    state = json.loads(states[0].read_text())
+    assert 1 <= state["epoch"] < 20
     client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
     interrupted = client.get_run(state["run_id"])
     if signum == signal.SIGTERM:  # a KILL leaves no chance to close the run: the resume continues it

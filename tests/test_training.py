@@ -20,7 +20,9 @@ from digitlab.config import compose
 from digitlab.settings import load_settings
 from digitlab.data.prepared import load_split
 from digitlab.errors import ConfigError, DigitlabError
-from digitlab.training.loop import train
+from digitlab.data.prepared import load_meta
+from digitlab.settings import Layout
+from digitlab.training.loop import checkpoint_dir, train
 from digitlab.training.checkpoints import STATE
 from tests.conftest import serving, tiny_settings
 
@@ -45,7 +47,8 @@ def config(workspace: dict, model: str, out: str, *overrides: str):
     """The shared tiny composition for ``model``, writing to ``<base>/<out>`` (validated settings)."""
     return tiny_settings(
         f"model={model}", f"paths.data={workspace['data']}", f"tracking.uri={workspace['uri']}",
-        f"output_dir={workspace['base'] / out}", f"tracking.experiment=tests-{out}", *overrides,
+        f"output_dir={workspace['base'] / out}", f"tracking.experiment=tests-{out}",
+        f"paths.checkpoints={workspace['base'] / 'checkpoints'}", *overrides,
     )  # fmt: skip
 
 
@@ -86,7 +89,8 @@ def test_each_model_learns_and_writes_the_stage_outputs(trained, workspace, tiny
     probabilities = keras.models.load_model(out / "model.keras").predict(x_val.astype(np.float32), verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
     assert (probabilities.argmax(axis=1) == y_val).mean() == pytest.approx(best_row["val_accuracy"], abs=1e-6)
-    assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.keras", "last.keras", STATE}
+    assert {p.name for p in out.iterdir()} == {"model.keras", "history.csv", "train.json", "run.json", "curves.png"}
+    assert not list((workspace["base"] / "checkpoints").glob(f"{name}-*")), "a completed run leaves nothing to resume"
     assert (out / "curves.png").stat().st_size > 5000
 
 
@@ -194,8 +198,12 @@ def test_interrupted_run_resumes_its_checkpoint_and_mlflow_run(workspace):
     cfg = config(workspace, "mlp", "resume", "models.mlp.training.epochs=4", "tracking.log_models=false")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, callbacks=[InterruptAt(2)])
-    state = json.loads((workspace["base"] / "resume" / "checkpoints" / STATE).read_text())
-    assert state["epoch"] == 2 and state["step"] == 38 and not state["completed"]
+    checkpoints = checkpoint_dir(cfg, Layout.for_settings(cfg), load_meta(workspace["data"] / "prepared"))
+    assert checkpoints.directory.parent == workspace["base"] / "checkpoints"
+    assert {p.name for p in checkpoints.directory.iterdir()} == {"best.keras", "last.keras", STATE}
+    assert not (workspace["base"] / "resume" / "checkpoints").exists(), "resume state is not a stage output"
+    state = json.loads(checkpoints.state_path.read_text())
+    assert state["epoch"] == 2 and state["step"] == 38
     store = client(workspace)
     interrupted = store.get_run(state["run_id"])
     assert interrupted.info.status == "FAILED" and "simulated Ctrl-C" in interrupted.data.tags["error"]

@@ -43,6 +43,7 @@ class PathSettings(Strict):
     models: str
     reports: str
     cache: str | None = None
+    checkpoints: str | None = None
     dataset_source: str
 
 
@@ -108,13 +109,16 @@ class Layout:
     data: Path
     models: Path
     reports: Path
+    checkpoints: Path
 
     @classmethod
     def for_settings(cls, settings: Settings, root: Path | None = None) -> Layout:
-        from digitlab.config import project_root
+        from digitlab.config import home_root, project_root
 
         root = root or project_root()
-        return cls(root, root / settings.paths.data, root / settings.paths.models, root / settings.paths.reports)
+        paths = settings.paths
+        checkpoints = root / paths.checkpoints if paths.checkpoints else home_root(root) / ".digitlab" / "checkpoints"
+        return cls(root, root / paths.data, root / paths.models, root / paths.reports, checkpoints)
 
     @property
     def raw(self) -> Path:

@@ -35,8 +35,8 @@ def train(settings: Settings, layout: Layout | None = None, callbacks: Sequence 
     # Built before any output or MLflow run exists: a model that does not fit the input fails here.
     model = _seeded_model(settings, meta)
     outputs = TrainOutputs(output_dir(settings, layout), settings.model)
-    checkpoints = CheckpointDir(outputs.checkpoints)
-    state, model = _resume_or_start(settings, meta, checkpoints, model)
+    checkpoints = checkpoint_dir(settings, layout, meta)
+    state, model = _resume_or_start(settings, checkpoints, model)
     resumed_run = state.run_id if state.run_id and tracking.run_exists(state.run_id) else None
 
     with _sigterm_as_interrupt(), tracking.tracked_run(settings.tracking, settings.model, meta.dataset, resumed_run) as run:
@@ -47,8 +47,7 @@ def train(settings: Settings, layout: Layout | None = None, callbacks: Sequence 
         fit.run(layout.prepared, callbacks)
         result = fit.finalise(run)
     outputs.write_result(result)
-    state.completed = True
-    checkpoints.save_state(state)
+    checkpoints.remove()  # complete: nothing to resume
     return result
 
 
@@ -68,15 +67,20 @@ def _seeded_model(settings: Settings, meta):
     return build_model(settings.recipe.model, meta.image_shape, meta.num_classes, f"models.{settings.model}.model")
 
 
-def _resume_or_start(settings: Settings, meta, checkpoints: CheckpointDir, model):
+def checkpoint_dir(settings: Settings, layout: Layout, meta) -> CheckpointDir:
+    """Where a run of this recipe, data and seed keeps what it resumes from (outside the stage's outputs)."""
+    run_fingerprint = fingerprint(settings.recipe, meta.to_json(), settings.seed)
+    return CheckpointDir(layout.checkpoints / f"{settings.model}-{run_fingerprint[:16]}", run_fingerprint)
+
+
+def _resume_or_start(settings: Settings, checkpoints: CheckpointDir, model):
     """The state of an unfinished run of the same recipe, data and seed with its model; else a fresh start."""
     from digitlab.models import load_model
 
-    run_fingerprint = fingerprint(settings.recipe, meta.to_json(), settings.seed)
-    state = checkpoints.resumable(run_fingerprint) if settings.recipe.training.resume else None
+    state = checkpoints.resumable() if settings.recipe.training.resume else None
     if state is None:
         checkpoints.clear()
-        return RunState(run_fingerprint), model
+        return RunState(checkpoints.fingerprint), model
     log.info("resuming %s from %s: evaluation %d, step %d", settings.model, checkpoints.last, state.epoch, state.step)
     return state, load_model(checkpoints.last)
 

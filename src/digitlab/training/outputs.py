@@ -7,8 +7,10 @@ A recipe's folder (``<paths.models>/<recipe>/``) holds:
   before training;
 - ``train.json``: the numbers of the run (DVC metrics: numbers only);
 - ``run.json``: where the run lives (MLflow ids and URIs; machine-specific);
-- ``curves.png``: loss and accuracy per evaluation;
-- ``checkpoints/``: what an interrupted run resumes from.
+- ``curves.png``: loss and accuracy per evaluation.
+
+What an interrupted run resumes from lives elsewhere (:mod:`digitlab.training.checkpoints`),
+so that these outputs are all DVC can cache and restore.
 
 Later stages, the report and the test fixtures go through :class:`TrainOutputs`.
 """
@@ -86,10 +88,6 @@ class TrainOutputs:
     @property
     def curves(self) -> Path:
         return self.directory / "curves.png"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.directory / "checkpoints"
 
     def require(self) -> TrainOutputs:
         """Fail, naming the file and the stage to run, when an output a later stage reads is missing."""
