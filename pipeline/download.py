@@ -1,4 +1,4 @@
-"""DVC stage `download`: fetch or locate the configured dataset's raw files into data/raw.
+"""DVC stage `download`: fetch or locate the configured dataset's raw files into data/raw/<dataset>.
 
     python -m pipeline.download --params params.yaml    # as DVC runs it
     python -m pipeline.download dataset=digits          # by hand, composing conf/

@@ -1,4 +1,4 @@
-"""DVC stage `preprocess`: data/raw -> data/prepared (uint8 train/val/test splits, meta.json, samples.png).
+"""DVC stage `preprocess`: data/raw/<dataset> (or a folder read in place) -> data/prepared (uint8 train/val/test splits, meta.json, samples.png).
 
     python -m pipeline.preprocess --params params.yaml  # as DVC runs it
     python -m pipeline.preprocess dataset=digits        # by hand, composing conf/

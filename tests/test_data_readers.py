@@ -139,16 +139,22 @@ def test_folder_errors_missing_empty_one_class_unreadable_class(tmp_path: Path) 
 
 
 def test_folder_dataset_through_both_stages(tmp_path: Path) -> None:
-    """download copies the usable images into data/raw; preprocess resizes and splits them."""
+    """download records the folder (no copy) in data/raw/<name>; preprocess reads the images in place, resizes and splits them."""
     root = tmp_path / "photos"
     for label, colour in (("circles", 40), ("squares", 220)):
         for i in range(10):
             _save(Image.new("L", (20 + i, 30), colour + i), root / label / f"{i}.png")
     (root / "squares" / "readme.md").write_text("skip me")
     config = parse_dataset({"name": "shapes", "source": "folder", "path": "photos", "image_shape": [12, 12, 1], "validation_size": 0.2, "test_size": 4, "split_seed": 0})
-    record = download_dataset(config, tmp_path / "data" / "raw", tmp_path / "cache", root=tmp_path)
-    assert len(record["files"]) == 20 and all(f["name"].startswith("images/") for f in record["files"])
-    meta = prepare_dataset(config, tmp_path / "data" / "raw", tmp_path / "data" / "prepared")
+    before = {path: path.read_bytes() for path in root.rglob("*")if path.is_file()}
+    record = download_dataset(config, tmp_path / "data" / "raw" / "shapes", tmp_path / "cache", root=tmp_path)
+    assert record["files"] == [] and [p.name for p in (tmp_path / "data" / "raw" / "shapes").iterdir()] == ["source.json"]
+    assert record["folder"] == {
+        "path": str(root.resolve()), "class_names": ["circles", "squares"], "images": 20, "per_class": {"circles": 10, "squares": 10},
+        "skipped": [{"file": "squares/readme.md", "why": "is not an image Pillow can read: expected a PNG or JPEG file (any image Pillow reads)"}],
+    }  # fmt: skip
+    meta = prepare_dataset(config, tmp_path / "data" / "raw" / "shapes", tmp_path / "data" / "prepared")
+    assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == before
     assert meta.class_names == ["circles", "squares"] and meta.image_shape == (12, 12, 1)
     assert meta.counts == {"train": {"circles": 6, "squares": 6}, "val": {"circles": 2, "squares": 2}, "test": {"circles": 2, "squares": 2}}
     x, y = load_split(tmp_path / "data" / "prepared", "train")

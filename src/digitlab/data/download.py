@@ -1,12 +1,14 @@
-"""The download stage: fetch or locate a dataset's raw files and put them in ``data/raw``.
+"""The download stage: fetch or locate a dataset's raw files and put them in ``data/raw/<dataset>``.
 
 The dataset's source does the work (:meth:`DatasetBase.fetch
 <digitlab.data.sources.base.DatasetBase.fetch>`): a downloaded file goes
 through the per-user cache (:func:`~digitlab.data.fetch.fetch_verified`,
 verified against its sha256) and is hard-linked (or copied) into
 ``data/raw``, so a second run, or another project, reuses it without a
-request. ``data/raw/source.json`` records what the directory holds (see
-:mod:`digitlab.data.raw`); preprocess reads only that directory.
+request. ``source.json`` records what the directory holds (see
+:mod:`digitlab.data.raw`); preprocess reads only that directory, except for
+an image folder, which it reads in place (the user's files are never copied,
+moved or changed).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from digitlab.data.fetch import DownloadError
-from digitlab.data.raw import SOURCE_FILE, write_source
+from digitlab.data.raw import SOURCE_FILE, Fetched, write_source
 from digitlab.data.sources import SOURCES, DatasetBase, DatasetSettings
 from digitlab.errors import DigitlabError
 from digitlab.io import replace_directory
@@ -33,8 +35,9 @@ def download_dataset(dataset: DatasetBase, raw_dir: Path, cache: Path, root: Pat
     """
 
     def build(directory: Path) -> dict[str, Any]:
-        files = dataset.fetch(directory, cache=cache, root=root)
-        return write_source(directory, dataset.name, dataset.source, files)
+        fetched = dataset.fetch(directory, cache=cache, root=root)
+        fetched = fetched if isinstance(fetched, Fetched) else Fetched(fetched)
+        return write_source(directory, dataset.name, dataset.source, fetched.files, fetched.about)
 
     try:
         record = replace_directory(raw_dir, build)

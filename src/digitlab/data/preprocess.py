@@ -1,7 +1,7 @@
-"""The preprocess stage: ``data/raw`` -> ``data/prepared`` (see :mod:`digitlab.data.prepared`).
+"""The preprocess stage: ``data/raw/<dataset>`` -> ``data/prepared`` (see :mod:`digitlab.data.prepared`).
 
 Reads only the raw directory the download stage wrote (through the dataset's
-source), brings every source to uint8 (N, H, W, C) with int64 labels, takes
+source; an image folder is read in place, from the path its manifest records), brings every source to uint8 (N, H, W, C) with int64 labels, takes
 the stratified ``subset`` if one is set, splits, and writes the splits,
 ``meta.json`` and ``samples.png`` into a fresh directory that replaces
 ``data/prepared`` whole.
@@ -50,13 +50,15 @@ def save_samples_grid(path: Path, x: np.ndarray, y: np.ndarray, class_names: lis
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from digitlab.evaluation.plots import plain_text
+
     figure, axes = plt.subplots(3, 3, figsize=(6, 6.4))
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < len(x):
             image = x[index]
             axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
-            axis.set_title(class_names[int(y[index])], fontsize=10)
+            axis.set_title(plain_text(class_names[int(y[index])]), fontsize=10)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100, format="png")

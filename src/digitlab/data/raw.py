@@ -1,11 +1,15 @@
 """The raw dataset on disk, the contract between the download stage and preprocess.
 
-A raw directory (``data/raw``) holds the dataset's files as its source
+Each dataset has its own raw directory, ``data/raw/<dataset name>``
+(:func:`raw_dir_of`), so that a project's own files under ``data/raw/`` never
+collide with a stage output. It holds the dataset's files as its source
 publishes them (or, for a source that is a Python package, its arrays in
-``<name>.npz``), and ``source.json``::
+``<name>.npz``; for an image folder, read in place, nothing), and
+``source.json``::
 
     {"dataset": NAME, "source": SOURCE,
-     "files": [{"name": PATH IN data/raw, "sha256": HASH, "bytes": SIZE, "origin": URL, PATH OR PACKAGE}, ...]}
+     "files": [{"name": PATH IN THE RAW DIRECTORY, "sha256": HASH, "bytes": SIZE, "origin": URL, PATH OR PACKAGE}, ...],
+     ...}  # and what else the source records (:class:`Fetched`), e.g. an image folder's manifest under "folder"
 
 The download stage writes it (:func:`write_source`); preprocess checks it
 (:func:`read_source`) and hands the directory to the source's reader, which
@@ -14,7 +18,7 @@ returns :class:`RawImages`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,19 @@ from digitlab.io import atomic_path, atomic_write_json, read_json
 SOURCE_FILE = "source.json"
 DIGIT_NAMES = [str(digit) for digit in range(10)]
 _RERUN = "run the download stage first (dvc repro download)"
+
+
+def raw_dir_of(data: Path, dataset: str) -> Path:
+    """The download stage's output for ``dataset``: ``<paths.data>/raw/<dataset name>``."""
+    return Path(data) / "raw" / dataset
+
+
+@dataclass
+class Fetched:
+    """What a source's ``fetch`` put into the raw directory: file records, and more for ``source.json``."""
+
+    files: list[dict[str, Any]]
+    about: dict[str, Any] = field(default_factory=dict)  # extra keys of source.json (the folder source's manifest)
 
 
 @dataclass
@@ -75,9 +92,9 @@ def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return arrays["x"], arrays["y"]
 
 
-def write_source(directory: Path, dataset: str, source: str, files: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write ``source.json`` into ``directory``; return the record."""
-    record = {"dataset": dataset, "source": source, "files": files}
+def write_source(directory: Path, dataset: str, source: str, files: list[dict[str, Any]], about: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``source.json`` into ``directory`` (``about``: the source's extra keys); return the record."""
+    record = {"dataset": dataset, "source": source, "files": files, **(about or {})}
     atomic_write_json(directory / SOURCE_FILE, record)
     return record
 

@@ -33,6 +33,16 @@ MAX_TICKS = 30
 DIVERGING_CMAP = "RdBu_r"
 
 
+def plain_text(text: object) -> str:
+    """``text`` as matplotlib shows it literally: every ``$`` escaped, so no class name is read as mathtext.
+
+    Every class name (or run name) a figure shows goes through here: ``$x$``,
+    ``a_b^c``, ``50%``, ``&``, ``#``, ``{}``, spaces and any unicode come out as
+    written. (Only ``$`` starts mathtext; digitlab never turns on ``text.usetex``.)
+    """
+    return str(text).replace("$", r"\$")
+
+
 def save_png(figure: Figure, path: Path | str) -> Path:
     """Write ``figure`` as a PNG (atomically: never half-written) and close it."""
     try:
@@ -72,8 +82,8 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], *, n
     image = axes.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalized else max(1, matrix.max()), interpolation="nearest")
     figure.colorbar(image, ax=axes, shrink=0.8, label="share of actual class" if normalized else "images")
     ticks = _tick_positions(num_classes)
-    labels = [class_names[i] for i in ticks]
-    axes.set_xticks(ticks, labels, rotation=90 if max(map(len, labels), default=0) > 2 else 0)
+    labels = [plain_text(class_names[i]) for i in ticks]
+    axes.set_xticks(ticks, labels, rotation=90 if max((len(str(class_names[i])) for i in ticks), default=0) > 2 else 0)
     axes.set_yticks(ticks, labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("actual")
@@ -102,7 +112,7 @@ def training_curves_figure(histories: Mapping[str, Mapping[str, Sequence[float]]
     for index, (name, history) in enumerate(histories.items()):
         color = colors[index % len(colors)]
         epochs = np.asarray(history["epoch"])
-        prefix = f"{name} " if len(histories) > 1 else ""
+        prefix = f"{plain_text(name)} " if len(histories) > 1 else ""
         for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
             axes.plot(epochs, history[metric], color=color, label=f"{prefix}train")
             axes.plot(epochs, history[f"val_{metric}"], color=color, linestyle="--", label=f"{prefix}validation")
@@ -140,7 +150,7 @@ def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, class_names: Seque
         hardest = sorted(present, key=lambda c: auc(per_class[c][0], per_class[c][1]))[:classes_shown]
         for c in hardest:
             fpr_c, tpr_c, _ = per_class[c]
-            axes.plot(fpr_c, tpr_c, linewidth=1, label=f"class {class_names[c]} (AUC {auc(fpr_c, tpr_c):.3f})")
+            axes.plot(fpr_c, tpr_c, linewidth=1, label=f"class {plain_text(class_names[c])} (AUC {auc(fpr_c, tpr_c):.3f})")
     axes.plot([0, 1], [0, 1], color="lightgray", linestyle=":", label="chance")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.01)
@@ -168,7 +178,7 @@ def image_grid_figure(images: np.ndarray, true_labels: Sequence[str], predicted_
             axes.imshow(image[..., 0], cmap="binary" if image.mean() < 128 else "gray", vmin=0, vmax=255, interpolation="nearest")
         else:
             axes.imshow(image.astype(np.uint8), interpolation="nearest")
-        axes.set_xlabel(f"true {true_labels[index]}\npredicted {predicted_labels[index]}", fontsize=9, color="firebrick")
+        axes.set_xlabel(f"true {plain_text(true_labels[index])}\npredicted {plain_text(predicted_labels[index])}", fontsize=9, color="firebrick")
     if not len(images):
         figure.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=14)
     figure.suptitle(title or "Misclassified test images")
@@ -196,7 +206,7 @@ def weight_maps_figure(maps: np.ndarray, titles: Sequence[str], *, title: str = 
             axes.axis("off")
             continue
         image = axes.imshow(maps[index], cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
-        axes.set_title(titles[index], fontsize=8)
+        axes.set_title(plain_text(titles[index]), fontsize=8)
     if image is not None:
         figure.colorbar(image, ax=grid, shrink=0.8, label="weight")
     figure.suptitle(title or "Learned weights")

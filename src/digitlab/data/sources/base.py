@@ -30,7 +30,7 @@ from pydantic import AfterValidator, PlainValidator, field_validator
 
 from digitlab.data.fetch import fetch_verified, url_filename
 from digitlab.data.files import file_record, link_or_copy
-from digitlab.data.raw import RawImages
+from digitlab.data.raw import Fetched, RawImages
 from digitlab.data.split import SplitSizes, check_split_sizes
 from digitlab.errors import ConfigError
 from digitlab.registry import Registry
@@ -136,10 +136,15 @@ class DatasetBase(Strict):
         """Whether this dataset works without the internet: ``""`` always, a condition, or None (it downloads)."""
         return "" if self.offline else None
 
-    def fetch(self, raw_dir: Path, *, cache: Path, root: Path) -> list[dict[str, Any]]:
+    def check_outside_outputs(self, data: str, models: str, reports: str, root: Path | None = None) -> None:
+        """The rule between the dataset and the stage outputs (``paths``): a source that reads the user's files
+        in place refuses files inside an output, which a stage replaces whole. Nothing to check by default."""
+
+    def fetch(self, raw_dir: Path, *, cache: Path, root: Path) -> list[dict[str, Any]] | Fetched:
         """Put the raw files into ``raw_dir`` (a fresh directory); return their records for ``source.json``.
 
         ``cache`` is the download cache, ``root`` the project root (relative paths are relative to it).
+        A :class:`~digitlab.data.raw.Fetched` adds more keys to ``source.json``.
         """
         raise NotImplementedError
 

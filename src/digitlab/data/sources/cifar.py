@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from digitlab.data.files import sha256_file
 from digitlab.data.raw import RawImages
 from digitlab.errors import ConfigError, DigitlabError
 
@@ -25,13 +27,57 @@ class CifarData:
     class_names: list[str]
 
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as a Python 3 pickle (protocol < 3) rebuilds ``bytes``: latin-1 only."""
+    if encoding not in ("latin1", "latin-1"):
+        raise DigitlabError(f"a CIFAR pickle asks for the codec {encoding!r}: refused (only latin1 rebuilds bytes)")
+    return codecs.encode(text, "latin1")
+
+
+# Everything a CIFAR batch is made of: numpy arrays (their reconstruction, type and dtype),
+# plain containers and, in pickles written by Python 3 at protocol 2, bytes. Nothing else loads.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    *((module, name) for module in ("builtins", "__builtin__") for name in ("dict", "list", "tuple", "bytes", "bytearray", "str", "int", "float", "bool")),
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what CIFAR batches hold; any other class or function is refused before it runs."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise DigitlabError(f"a CIFAR pickle asks for {module}.{name}, which no CIFAR batch holds: refused, nothing of it was run")
+
+
 def _unpickle(archive: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, object]:
     handle = archive.extractfile(member)
     if handle is None:
         raise DigitlabError(f"{member.name} in the CIFAR archive is not a file")
-    # The batches are Python 2 pickles; the archive's sha256 was verified on download.
-    raw = pickle.load(handle, encoding="bytes")
+    # The batches are Python 2 pickles (keys and text as bytes); only what they hold is built.
+    try:
+        raw = CifarUnpickler(handle, encoding="bytes").load()
+    except DigitlabError as exc:
+        raise DigitlabError(f"CIFAR archive {archive.name}, {member.name}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise DigitlabError(f"{member.name} in the CIFAR archive holds a {type(raw).__name__}, not a batch (a dict)")
     return {key.decode() if isinstance(key, bytes) else key: value for key, value in raw.items()}
+
+
+def verify_archive(path: Path, sha256: str) -> None:
+    """``path`` still has the configured sha256 (checked before anything in it is unpickled)."""
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise DigitlabError(
+            f"{path} has sha256 {actual}, not the configured {sha256} (dataset.sha256): it changed since the download "
+            "stage verified it; nothing of it was unpickled. Rerun it (dvc repro -f download)"
+        )
 
 
 def _cifar_images(batch: dict[str, object]) -> np.ndarray:
@@ -59,18 +105,22 @@ def _batches(archive: tarfile.TarFile, path: Path, label_mode: str) -> tuple[lis
     raise DigitlabError(f"{path} is not a CIFAR python archive (no batches.meta, or meta/train/test, inside)")
 
 
-def read_cifar_archive(path: Path | str, label_mode: str = "fine") -> CifarData:
+def read_cifar_archive(path: Path | str, label_mode: str = "fine", sha256: str | None = None) -> CifarData:
     """A CIFAR-10 or CIFAR-100 python tarball, read in place (nothing extracted to disk).
 
     CIFAR-10 holds ``data_batch_1..5``, ``test_batch`` and ``batches.meta``;
     CIFAR-100 holds ``train``, ``test`` and ``meta`` with ``fine_labels`` and
-    ``coarse_labels`` (``label_mode`` picks one).
+    ``coarse_labels`` (``label_mode`` picks one). With ``sha256`` the file is
+    verified first; the pickles are loaded by :class:`CifarUnpickler`, which
+    builds nothing but arrays and plain containers.
     """
     path = Path(path)
+    if sha256 is not None:
+        verify_archive(path, sha256)
     try:
         with tarfile.open(path, "r:*") as archive:
             train_batches, test_batch, meta, label_key, names_key = _batches(archive, path, label_mode)
-    except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError) as exc:
+    except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise DigitlabError(f"cannot read CIFAR archive {path}: {exc}") from exc
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]  # type: ignore[union-attr]
     return CifarData(
@@ -94,5 +144,5 @@ class CifarDataset(SingleFileDataset):
     counts = (50000, 10000)
 
     def read(self, raw_dir: Path) -> RawImages:
-        cifar = read_cifar_archive(raw_dir / self.filename, self.label_mode)
+        cifar = read_cifar_archive(raw_dir / self.filename, self.label_mode, self.sha256)
         return RawImages(cifar.x_train, cifar.y_train, cifar.class_names, (cifar.x_test, cifar.y_test))
