@@ -7,6 +7,12 @@ Any image Pillow reads (PNG, JPEG, ...) is converted to the model's input:
 grey or RGB as the model expects, resized to its height and width. Class
 names come from the project's prepared data (``data/prepared/meta.json``)
 when it matches the model, else the class indices are printed.
+
+Loading runs no code from the model: a ``.keras`` file loads with Keras'
+``safe_mode`` (a Lambda layer is refused), and an MLflow model loads only from
+the native ``.keras`` file of its ``keras`` flavor, never through MLflow's
+loaders (which import a model's ``code/`` and unpickle its custom objects). An
+image too large to decode safely (Pillow's decompression-bomb limits) is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import argparse
 import os
 import re
 import sys
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,9 +72,20 @@ def project_settings(root: Path) -> Project:
 
 def read_image(path: Path):
     """Open and fully decode an image, failing with a message that names the file."""
+    from PIL import Image
+
     if path.is_dir():
         raise DigitlabError(f"image {path} is a directory: expected a PNG or JPEG file (pass the files, e.g. {path}/*.png)")
-    return open_image(path)
+    with warnings.catch_warnings():
+        # Over Image.MAX_IMAGE_PIXELS Pillow only warns; decoding such an image could exhaust memory.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return open_image(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DigitlabError(
+                f"image {path} is too large to decode safely ({_one_line(exc)}): expected a PNG or JPEG of at most "
+                f"{Image.MAX_IMAGE_PIXELS:,} pixels; scale it down first"
+            ) from None
 
 
 def to_model_input(image, shape: tuple[int, int, int], invert: bool = False) -> np.ndarray:
@@ -122,23 +141,54 @@ def registry_uri(uri: str) -> str:
 
 
 def _load_mlflow_model(uri: str, settings: TrackingSettings):
+    """The Keras model of an MLflow model URI, loaded from its keras flavor's .keras file with safe_mode only."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from digitlab import tracking
+    from digitlab.models import load_model as load_keras_model
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the answer is the predictions, no bars
     store = tracking.configure(settings)
     uri = registry_uri(uri)
     try:
-        flavors = mlflow.models.get_model_info(uri).flavors
-        if "keras" in flavors:
-            return mlflow.keras.load_model(uri)
-        if "tensorflow" in flavors:
-            return mlflow.tensorflow.load_model(uri)
+        info = mlflow.models.get_model_info(uri)
+        listing = [entry.path.rsplit("/", 1)[-1] for entry in mlflow.artifacts.list_artifacts(artifact_uri=uri)]
+        keras_file = keras_file_of(uri, info.flavors, listing)
+        with tempfile.TemporaryDirectory(prefix="digitlab-model-") as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{keras_file}", dst_path=tmp)
+            try:
+                return load_keras_model(Path(local))
+            except DigitlabError as exc:
+                reason = _one_line(exc.__cause__ or exc)
+                raise DigitlabError(f"refusing MLflow model {uri}: its Keras file does not load in Keras' safe_mode ({reason})") from None
     except (MlflowException, OSError) as exc:
-        raise DigitlabError(f"cannot load MLflow model {uri} from the store {store}: {exc}") from exc
-    raise DigitlabError(f"MLflow model {uri} is not a Keras/TensorFlow model (flavors: {', '.join(flavors)})")
+        raise DigitlabError(f"cannot load MLflow model {uri} from the store {store}: {_one_line(exc)}") from exc
+
+
+def keras_file_of(uri: str, flavors: dict, artifacts: list[str]) -> str:
+    """The path, inside MLflow model ``uri``, of its keras flavor's native .keras file; refuses a model that ships code."""
+    if "keras" not in flavors:
+        raise DigitlabError(
+            f"refusing MLflow model {uri}: it has no keras flavor (flavors: {', '.join(flavors) or 'none'}); "
+            "digitlab loads only Keras models logged by mlflow.keras (digitlab's train stage)"
+        )
+    shipped = sorted(name for name in artifacts if name == "code" or name.startswith("custom_objects"))
+    shipped += [f"{name} flavor's code" for name, conf in flavors.items() if isinstance(conf, dict) and conf.get("code")]
+    if shipped:
+        raise DigitlabError(f"refusing MLflow model {uri}: it ships Python code ({', '.join(sorted(set(shipped)))}) that loading would run")
+    conf = flavors["keras"] or {}
+    data = str(conf.get("data", "data")).strip("/")
+    if conf.get("save_exported_model") or ".." in data.split("/") or not data:
+        raise DigitlabError(f"refusing MLflow model {uri}: its keras flavor holds no native .keras file (an exported SavedModel)")
+    return f"{data}/model.keras"
+
+
+def _one_line(error: BaseException | str) -> str:
+    """An error message on one line (Keras' and MLflow's span several)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def class_names_for(num_outputs: int, prepared_dir: Path) -> list[str] | None:
