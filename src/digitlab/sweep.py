@@ -6,6 +6,10 @@ first job and its id handed to the jobs through ``$DIGITLAB_PARENT_RUN_ID``,
 where :func:`digitlab.tracking.start_run` nests the job's run under it. The id
 travels with the callback object too, which Hydra pickles into the joblib
 launcher's worker processes, and ``on_job_start`` sets it there.
+
+The parent carries the tags of :mod:`digitlab.runs` (host, pid of the sweep's
+process, a heartbeat refreshed as each job starts); a sweep closes the parents
+that killed sweeps left RUNNING before it creates its own.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import time
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from digitlab import tracking
+from digitlab import runs, tracking
+from digitlab.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +47,16 @@ class MlflowSweepCallback(Callback):
         except DigitlabError as error:
             fail(error)
         client = mlflow.MlflowClient(self.tracking_uri)
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = redact(" ".join(config.hydra.overrides.task))
         tags = {"sweep": "true", "hydra_overrides": overrides, "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]}
+        tags.update(runs.process_tags())
         commit = tracking.git_commit()
         if commit:
             tags["git_commit"] = commit
-        run = client.create_run(tracking.experiment_id(settings.tracking, settings.dataset.name), tags=tags, run_name=f"sweep {overrides}"[:250])
+        experiment = tracking.experiment_id(settings.tracking, settings.dataset.name)
+        # Parents of sweeps that were killed (no on_multirun_end, no atexit) are closed KILLED.
+        runs.close_stale_runs(settings.tracking, experiment, "tags.sweep = 'true'")
+        run = client.create_run(experiment, tags=tags, run_name=f"sweep {overrides}"[:250])
         self.parent_run_id = run.info.run_id
         client.log_param(run.info.run_id, "sweep_dir", str(config.hydra.sweep.dir))
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
@@ -57,6 +67,17 @@ class MlflowSweepCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id:
             os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
+            self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        """The parent is alive while jobs start (a job's own run beats per evaluation)."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mlflow.MlflowClient(self.tracking_uri).set_tag(self.parent_run_id, runs.HEARTBEAT_TAG, str(int(time.time())))
+        except MlflowException as exc:  # a missed heartbeat must not fail the job
+            log.warning("sweep: could not refresh the parent run's heartbeat: %s", exc)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow

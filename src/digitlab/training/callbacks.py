@@ -31,6 +31,15 @@ def log_row(row: dict[str, float]) -> None:
     mlflow.log_metrics({key: row[key] for key in LOGGED_COLUMNS}, step=int(row["epoch"]))
 
 
+def heartbeat() -> None:
+    """Tell whoever looks for abandoned runs (:mod:`digitlab.runs`) that the active run is alive."""
+    import mlflow
+
+    from digitlab.runs import HEARTBEAT_TAG
+
+    mlflow.set_tag(HEARTBEAT_TAG, str(int(time.time())))
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """A loss that is no longer a number ends the run with an error that says what to change."""
 
@@ -79,6 +88,7 @@ class RecordEvaluation(keras.callbacks.Callback):
         state.train_time_s = self._time_before + time.perf_counter() - self._started
         self.outputs.write_history(state.history)
         log_row(row)
+        heartbeat()
         log.info(
             "epoch %d/%d step %d: loss %.4f accuracy %.4f | val_loss %.4f val_accuracy %.4f | lr %.3g | %.1fs",
             row["epoch"], self.total_epochs, row["step"], row["loss"], row["accuracy"],
@@ -102,7 +112,7 @@ class KeepBestAndStopEarly(keras.callbacks.Callback):
         state = self.state
         if state.best_value is None or self.stopping.improves(value, state.best_value):
             state.best_value, state.best_epoch, state.wait = value, epoch + 1, 0
-            self.checkpoints.save_model(self.model, self.checkpoints.best)
+            self.checkpoints.save_best(self.model)
             return
         state.wait += 1
         if self.stopping.enabled and state.wait >= self.stopping.patience:
@@ -113,7 +123,7 @@ class KeepBestAndStopEarly(keras.callbacks.Callback):
 
 
 class SaveLastCheckpoint(keras.callbacks.Callback):
-    """The model, optimizer and run state every ``every_epochs`` evaluations and at the end."""
+    """The model, optimizer, best model and run state, as one unit, every ``every_epochs`` evaluations and at the end."""
 
     def __init__(self, state: RunState, checkpoints: CheckpointDir, every_epochs: int, total_epochs: int) -> None:
         super().__init__()
@@ -123,8 +133,7 @@ class SaveLastCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
         if done % self.every_epochs == 0 or done == self.total_epochs or self.model.stop_training:
-            self.checkpoints.save_model(self.model, self.checkpoints.last)
-            self.checkpoints.save_state(self.state)
+            self.checkpoints.commit(self.model, self.state)
 
 
 class StopAtStep(keras.callbacks.Callback):

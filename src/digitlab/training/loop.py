@@ -16,9 +16,11 @@ from pathlib import Path
 
 from digitlab import tracking
 from digitlab.data.prepared import load_meta
+from digitlab.runs import close_stale_runs
 from digitlab.settings import Layout, Settings
 from digitlab.training.checkpoints import CheckpointDir, RunState, fingerprint
 from digitlab.training.fit import Fit
+from digitlab.training.lock import hold_output_dir, prepare_output_dir
 from digitlab.training.outputs import TrainOutputs, TrainResult
 
 log = logging.getLogger("digitlab.training")
@@ -27,7 +29,8 @@ log = logging.getLogger("digitlab.training")
 def train(settings: Settings, layout: Layout | None = None, callbacks: Sequence = ()) -> TrainResult:
     """Train the recipe ``settings.model`` on the prepared data; resume it when it was interrupted.
 
-    ``callbacks`` are extra Keras callbacks, run after digitlab's own.
+    ``callbacks`` are extra Keras callbacks, run after digitlab's own. One
+    training at a time per output folder (:mod:`digitlab.training.lock`).
     """
     layout = layout or Layout.for_settings(settings)
     meta = load_meta(layout.prepared)
@@ -35,19 +38,24 @@ def train(settings: Settings, layout: Layout | None = None, callbacks: Sequence 
     # Built before any output or MLflow run exists: a model that does not fit the input fails here.
     model = _seeded_model(settings, meta)
     outputs = TrainOutputs(output_dir(settings, layout), settings.model)
-    checkpoints = checkpoint_dir(settings, layout, meta)
-    state, model = _resume_or_start(settings, checkpoints, model)
-    resumed_run = state.run_id if state.run_id and tracking.run_exists(state.run_id) else None
+    with hold_output_dir(outputs.directory, layout.checkpoints):
+        prepare_output_dir(outputs.directory)
+        checkpoints = checkpoint_dir(settings, layout, meta)
+        state, model = _resume_or_start(settings, checkpoints, model)
+        resumed_run = state.run_id if state.run_id and tracking.run_exists(state.run_id) else None
+        # Runs of this recipe that a kill left RUNNING; the one resumed is continued instead.
+        stale_filter = f"tags.model = '{settings.model}'"
+        close_stale_runs(settings.tracking, tracking.experiment_id(settings.tracking, meta.dataset), stale_filter, resumed_run)
 
-    with _sigterm_as_interrupt(), tracking.tracked_run(settings.tracking, settings.model, meta.dataset, resumed_run) as run:
-        state.run_id = run.info.run_id
-        if resumed_run is None:
-            tracking.log_settings(settings)
-        fit = Fit(settings, meta, model, outputs, checkpoints, state)
-        fit.run(layout.prepared, callbacks)
-        result = fit.finalise(run)
-    outputs.write_result(result)
-    checkpoints.remove()  # complete: nothing to resume
+        with _sigterm_as_interrupt(), tracking.tracked_run(settings.tracking, settings.model, meta.dataset, resumed_run) as run:
+            state.run_id = run.info.run_id
+            if resumed_run is None:
+                tracking.log_settings(settings)
+            fit = Fit(settings, meta, model, outputs, checkpoints, state)
+            fit.run(layout.prepared, callbacks)
+            result = fit.finalise(run)
+        outputs.write_result(result)
+        checkpoints.remove()  # complete: nothing to resume
     return result
 
 
@@ -77,7 +85,7 @@ def _resume_or_start(settings: Settings, checkpoints: CheckpointDir, model):
     """The state of an unfinished run of the same recipe, data and seed with its model; else a fresh start."""
     from digitlab.models import load_model
 
-    state = checkpoints.resumable() if settings.recipe.training.resume else None
+    state = checkpoints.resumable() if settings.recipe.training.resume else None  # only a complete unit
     if state is None:
         checkpoints.clear()
         return RunState(checkpoints.fingerprint), model

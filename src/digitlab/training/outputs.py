@@ -24,6 +24,7 @@ from pathlib import Path
 
 from digitlab.errors import DigitlabError
 from digitlab.io import atomic_write_json, atomic_write_text, read_json
+from digitlab.redact import redact_data
 
 HISTORY_COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
@@ -115,7 +116,7 @@ class TrainOutputs:
         return history.groupby("epoch", as_index=False).last()
 
     def write_result(self, result: TrainResult) -> None:
-        atomic_write_json(self.run, asdict(result.run))
+        atomic_write_json(self.run, redact_data(asdict(result.run)))  # no password of a tracking URI in a file
         atomic_write_json(self.metrics, asdict(result.metrics))
 
     def read_result(self) -> TrainResult:
