@@ -161,6 +161,18 @@ def tiny_settings(*overrides: str, root: Path = ROOT):
     return load_settings(tiny_config(*overrides, root=root))
 
 
+@pytest.fixture
+def mlflow_server(tmp_path: Path, _mlflow_template: Path):
+    """A real ``mlflow server`` on a free local port, its store and artifacts in tmp."""
+    shutil.copy2(_mlflow_template, tmp_path / "server.db")
+    command = lambda port: [  # noqa: E731
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
+    ]  # fmt: skip
+    with serving(command, "/health", tmp_path, timeout=90) as uri:
+        yield uri
+
+
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared dataset (the preprocess output format) from scikit-learn's 8x8 digits."""

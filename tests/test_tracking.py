@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from digitlab.errors import DigitlabError
 from digitlab.settings import load_settings
 from digitlab.tracking import TrackingSettings
 from digitlab.training.loop import train
-from tests.conftest import free_port, serving, tiny_settings
+from tests.conftest import free_port, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MLP = [
@@ -83,16 +82,6 @@ def test_flat_params_fit_mlflow_limits():
     assert params["models.mlp.model.hidden_units"] == "[32]"
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path, _mlflow_template: Path):
-    """A real ``mlflow server`` on a free local port, its store and artifacts in tmp."""
-    shutil.copy2(_mlflow_template, tmp_path / "server.db")
-    command = lambda port: [  # noqa: E731
-        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
-    ]  # fmt: skip
-    with serving(command, "/health", tmp_path, timeout=90) as uri:
-        yield uri
 
 
 def test_training_logs_to_a_real_tracking_server(mlflow_server, data_dir, tmp_path):

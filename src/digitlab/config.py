@@ -142,14 +142,36 @@ def load_params(path: Path | str = PARAMS_FILE, overrides: Sequence[str] = ()) -
 
 
 def write_params(overrides: Sequence[str] = (), path: Path | str | None = None, root: Path | None = None) -> Settings:
-    """Compose ``conf/`` with ``overrides``, validate it, and write it to params.yaml, as ``dvc exp run`` would."""
+    """Compose ``conf/`` with ``overrides``, validate it, and write it to params.yaml, as ``dvc exp run`` would.
+
+    A password in any URI (tracking.uri, dataset.url, tracking.ui_url, ...) is refused:
+    params.yaml is committed with the project, so credentials go in the environment.
+    """
     from digitlab.settings import load_settings
 
     root = root or project_root()
     cfg = compose(overrides, root)
     settings = load_settings(cfg)
+    refuse_passwords(cfg)
     atomic_write_text(path or root / PARAMS_FILE, OmegaConf.to_yaml(cfg))
     return settings
+
+
+def refuse_passwords(cfg: DictConfig) -> None:
+    """Raise a :class:`DigitlabError` naming the first setting whose URI holds a password, and where credentials go."""
+    from digitlab.redact import has_password, redact
+
+    for key, value in to_flat_dict(cfg).items():
+        if not isinstance(value, str) or not has_password(value):
+            continue
+        if key.startswith("tracking."):
+            where = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment"
+        else:
+            where = "put them in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for S3, MLFLOW_TRACKING_USERNAME/PASSWORD for MLflow)"
+        raise DigitlabError(
+            f"{key}={redact(value)} holds a password, which params.yaml (committed with the project) must never hold: "
+            f"give the URI without credentials and {where}"
+        )
 
 
 def to_flat_dict(cfg: DictConfig | dict, sep: str = ".") -> dict[str, Any]:
@@ -172,14 +194,20 @@ def setup_logging(level: int = logging.INFO) -> None:
     # TensorFlow's C++ start-up notices (CPU instructions, oneDNN) say nothing a user can act on;
     # warnings and errors still show. Must be set before TensorFlow is imported.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from digitlab.redact import install_log_filter, install_record_redaction
+
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    install_log_filter()  # no password in a URI reaches a log line
+    install_record_redaction()  # nor one through handlers set up later (Hydra's) or MLflow's own
     for noisy in ("alembic", "mlflow.store", "git", "urllib3", "h5py", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def fail(error: BaseException) -> None:
-    """Print a user-facing error as one line and exit non-zero (2)."""
-    print(f"digitlab: error: {error}", file=sys.stderr)
+    """Print a user-facing error as one line, any password in it redacted, and exit non-zero (2)."""
+    from digitlab.redact import redact
+
+    print(redact(f"digitlab: error: {error}"), file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -189,10 +217,12 @@ def stage_main(func: Callable[[Settings], Any]) -> Callable[[], Any]:
     ``python -m pipeline.X --params params.yaml [key=value ...]`` reads the
     params file DVC tracks (how ``dvc.yaml`` runs every stage);
     ``python -m pipeline.X [hydra overrides] [-m]`` composes ``conf/`` (runs
-    by hand, sweeps). In Hydra mode ``output_dir`` is set to Hydra's job
-    directory; with ``--params`` it is left as configured. Either way the whole
-    configuration is validated before ``func`` runs, and a
-    :class:`DigitlabError` is printed as one line with exit status 2.
+    by hand, sweeps). In Hydra mode an ``output_dir`` given is kept; otherwise a
+    run by hand writes to :func:`stable_run_dir` (the same command again finds
+    and resumes its own folder) and a sweep's job to Hydra's job directory; with
+    ``--params`` it is left as configured. Either way the whole configuration is
+    validated before ``func`` runs, and a :class:`DigitlabError` is printed as
+    one line with exit status 2.
     """
 
     def run(cfg: DictConfig) -> Any:
@@ -215,16 +245,61 @@ def stage_main(func: Callable[[Settings], Any]) -> Callable[[], Any]:
             except DigitlabError as error:
                 fail(error)
             return run(cfg)
-
-        import hydra
-        from hydra.core.hydra_config import HydraConfig
-
-        def hydra_task(cfg: DictConfig) -> Any:
-            with open_dict(cfg):
-                cfg.output_dir = HydraConfig.get().runtime.output_dir
-            return run(cfg)
-
-        app = hydra.main(config_path=str(conf_dir()), config_name=CONFIG_NAME, version_base="1.3")(hydra_task)
-        return app()
+        return _hydra_main(run)
 
     return main
+
+
+RUN_DIR_RESOLVER = "digitlab_run_dir"
+
+
+def stable_run_dir(cfg: DictConfig) -> str:
+    """Where a run by hand of ``cfg`` writes: ``output_dir`` when given, else ``runs/<recipe>-<12 hex>``.
+
+    The hex digits are a fingerprint of the validated settings (all but
+    ``output_dir``), so running the same command again lands in the same folder
+    and resumes there, and any other setting gets a folder of its own.
+    """
+    import hashlib
+    import json
+
+    from digitlab.settings import load_settings
+
+    if cfg.get("output_dir"):
+        return str(cfg.output_dir)
+    settings = load_settings(cfg)
+    payload = json.dumps(settings.model_dump(mode="json", exclude={"output_dir"}), sort_keys=True, default=str)
+    return str(project_root() / "runs" / f"{settings.model}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}")
+
+
+def _run_dir_resolver(*, _root_: DictConfig) -> str:
+    """``${digitlab_run_dir:}`` (``hydra.run.dir``): Hydra's logs go to the run's own folder."""
+    import time
+
+    settings_only = OmegaConf.masked_copy(_root_, [key for key in _root_ if key != "hydra"])
+    try:
+        return stable_run_dir(settings_only)
+    except DigitlabError:  # stage_main's validation reports it, in one line
+        return str(project_root() / "runs" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_invalid")
+
+
+def _hydra_main(run: Callable[[DictConfig], Any]) -> Any:
+    """``run`` as a Hydra app over ``conf/``, with ``output_dir`` set as :func:`stage_main` says."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    def hydra_task(cfg: DictConfig) -> Any:
+        if not cfg.get("output_dir"):
+            hydra_config = HydraConfig.get()
+            try:
+                folder = hydra_config.runtime.output_dir if hydra_config.mode == RunMode.MULTIRUN else stable_run_dir(cfg)
+            except DigitlabError as error:
+                fail(error)
+            with open_dict(cfg):
+                cfg.output_dir = folder
+        return run(cfg)
+
+    OmegaConf.register_new_resolver(RUN_DIR_RESOLVER, _run_dir_resolver, replace=True)
+    app = hydra.main(config_path=str(conf_dir()), config_name=CONFIG_NAME, version_base="1.3")(hydra_task)
+    return app()

@@ -38,6 +38,7 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path.parent, path.name)  # a killed writer's temporaries of this output
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix if suffix is not None else path.suffix}")
     os.close(fd)
     tmp = Path(name)
@@ -78,6 +79,7 @@ def replace_directory(dest: Path, build: Callable[[Path], T]) -> T:
     directory behind, so a stage output directory is never half-written.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(dest.parent, dest.name)  # a killed writer's temporaries of this output
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the output should read like any directory
     try:
@@ -93,3 +95,21 @@ def replace_directory(dest: Path, build: Callable[[Path], T]) -> T:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return result
+
+
+def remove_leftovers(directory: Path | str, name: str = "*") -> None:
+    """Remove the temporaries a killed writer left in ``directory`` for output ``name`` (default: any).
+
+    They are the hidden ``.NAME.*.tmp*`` files and folders :func:`atomic_path` and
+    :func:`replace_directory` make; nothing else matches. Both call it before they
+    write an output: one writer per output at a time (DVC runs one stage of a project
+    at a time; a training holds its folder's lock), so no live writer owns them.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for leftover in directory.glob(f".{name}.*.tmp*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)

@@ -92,7 +92,9 @@ def _allowed(error: dict[str, Any]) -> str:
         if message.startswith(prefix):
             message = message[len(prefix) :]
             break
-    if kind.startswith(("int_", "float_", "bool_", "string_", "list_", "dict_", "literal_", "greater", "less", "too_", "finite")):
+    if kind.startswith(("greater", "less")):
+        return f"a number {message}"
+    if kind.startswith(("int_", "float_", "bool_", "string_", "list_", "dict_", "literal_", "too_", "finite")):
         return message
     return message[0].lower() + message[1:] if message else kind
 

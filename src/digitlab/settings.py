@@ -77,6 +77,7 @@ class Settings(Strict):
         if self.model not in self.models:
             raise ConfigError("model", self.model, "one of the recipes under models: " + ", ".join(self.models))
         self.dataset.check()
+        self.dataset.check_outside_outputs(self.paths.data, self.paths.models, self.paths.reports)
         for name, recipe in self.models.items():
             recipe.training.check(f"models.{name}.training")
         return self
@@ -107,6 +108,7 @@ class Layout:
 
     root: Path
     data: Path
+    raw: Path  # the download stage's output: <paths.data>/raw/<dataset name>
     models: Path
     reports: Path
     checkpoints: Path
@@ -118,11 +120,10 @@ class Layout:
         root = root or project_root()
         paths = settings.paths
         checkpoints = root / paths.checkpoints if paths.checkpoints else home_root(root) / ".digitlab" / "checkpoints"
-        return cls(root, root / paths.data, root / paths.models, root / paths.reports, checkpoints)
+        from digitlab.data.raw import raw_dir_of
 
-    @property
-    def raw(self) -> Path:
-        return self.data / "raw"
+        raw = raw_dir_of(root / paths.data, settings.dataset.name)
+        return cls(root, root / paths.data, raw, root / paths.models, root / paths.reports, checkpoints)
 
     @property
     def prepared(self) -> Path:

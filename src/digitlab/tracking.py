@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 
 from digitlab.config import home_root, project_root
 from digitlab.errors import DigitlabError
+from digitlab.redact import redact, redact_data, split_credentials
 from digitlab.schema import PositiveFloat, Strict
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class TrackingSettings(Strict):
     ui_url: str | None = None  # base URL of a tracking UI, for links in the report
     log_models: bool = True
     connect_timeout: PositiveFloat = 10  # seconds before an unreachable server is an error
+    # A RUNNING run of another host (or without a pid) whose last heartbeat is older is stale:
+    # its process was killed. Longer than the slowest evaluation period. See digitlab.runs.
+    stale_after_s: PositiveFloat = 3600
 
     @field_validator("uri")
     @classmethod
@@ -75,11 +79,33 @@ def resolve_uri(tracking: TrackingSettings) -> str:
     try:
         check_uri(uri)
     except ValueError as exc:
-        raise DigitlabError(f"MLFLOW_TRACKING_URI={uri!r} is not valid: expected {exc}") from None
+        raise DigitlabError(f"MLFLOW_TRACKING_URI={redact(uri)!r} is not valid: expected {exc}") from None
     database = sqlite_path(uri)
     if database is not None and not database.is_absolute():
         return f"sqlite:///{home_root() / database}"
     return uri
+
+
+def client_uri(uri: str) -> str:
+    """The URI the MLflow client is given: a server's credentials moved out of it, into this process's environment.
+
+    A password in ``tracking.uri`` (e.g. from ``dvc exp run -S``, which ``digitlab params``
+    cannot refuse) goes to ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``, which the
+    client sends as HTTP basic auth; the URI left holds none, so nothing written from it can
+    leak it. A database store's password must stay in its URI (its driver reads it there): every
+    copy digitlab writes or prints is redacted instead (:mod:`digitlab.redact`).
+    """
+    if urlparse(uri).scheme not in ("http", "https"):
+        return uri
+    clean, user, password = split_credentials(uri)
+    if password is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user or ""
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+        log.warning(
+            "the tracking URI %s holds credentials: passing them to MLflow as MLFLOW_TRACKING_USERNAME/PASSWORD "
+            "(set those instead, and keep passwords out of params.yaml)", redact(uri)
+        )
+    return clean
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -125,7 +151,7 @@ def configure(tracking: TrackingSettings) -> str:
     """Point MLflow at the configured store, failing fast if a server is unreachable. Returns the URI."""
     import mlflow
 
-    uri = resolve_uri(tracking)
+    uri = client_uri(resolve_uri(tracking))
     check_reachable(uri, tracking.connect_timeout)
     # Keep a dead server from stalling a run for minutes in MLflow's retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -146,12 +172,12 @@ PARENT_RUN_ENV = "DIGITLAB_PARENT_RUN_ID"
 
 
 def flat_params(settings) -> dict[str, str]:
-    """The full validated settings as MLflow params: dotted keys, values cut to MLflow's limit."""
+    """The full validated settings as MLflow params: dotted keys, passwords redacted, values cut to MLflow's limit."""
     from digitlab.config import to_flat_dict
 
     params = {}
     for key, value in to_flat_dict(settings.model_dump(mode="json")).items():
-        text = str(value)
+        text = redact(str(value))
         params[key] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
     return params
 
@@ -179,7 +205,7 @@ def hydra_overrides() -> str | None:
 
 
 def run_tags(model: str, dataset: str) -> dict[str, str]:
-    """Tags that say where a run came from: model, dataset, commit, DVC experiment, Hydra overrides."""
+    """Tags that say where a run came from: model, dataset, commit, DVC experiment, Hydra overrides (passwords redacted)."""
     tags = {"model": model, "dataset": dataset}
     optional = {
         "git_commit": git_commit(),
@@ -187,7 +213,7 @@ def run_tags(model: str, dataset: str) -> dict[str, str]:
         "hydra_overrides": hydra_overrides(),
     }
     tags.update({key: value for key, value in optional.items() if value})
-    return tags
+    return redact_data(tags)
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:
@@ -243,17 +269,24 @@ def start_run(tracking: TrackingSettings, model: str, dataset: str, run_id: str 
     """Start a run for training ``model`` on ``dataset``, or continue run ``run_id`` (a resumed training).
 
     Under a sweep the run is nested in the sweep's parent run, whose id the
-    sweep callback passes in ``$DIGITLAB_PARENT_RUN_ID``. The run id is always
+    sweep callback passes in ``$DIGITLAB_PARENT_RUN_ID``. The run is tagged with
+    this process (host, pid, heartbeat) so that :mod:`digitlab.runs` can tell when
+    a kill left it RUNNING. The run id is always
     explicit, so a stray ``$MLFLOW_RUN_ID`` can't redirect it.
     """
     import mlflow
 
+    from digitlab.runs import process_tags
+
     if not run_id:
         parent = os.environ.get(PARENT_RUN_ENV)
-        tags = run_tags(model, dataset)
+        tags = {**run_tags(model, dataset), **process_tags()}
         if parent:
             tags["mlflow.parentRunId"] = parent
         run_id = mlflow.MlflowClient().create_run(experiment_id(tracking, dataset), tags=tags, run_name=f"{model}-{dataset}").info.run_id
+    else:  # this process runs it now: who to ask whether it is still alive
+        for key, value in process_tags().items():
+            mlflow.MlflowClient().set_tag(run_id, key, value)
     # MLflow refuses to continue a run of another experiment than the process's active one
     # (set by any earlier mlflow.set_experiment, e.g. in a notebook): make the run's own active.
     mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
@@ -275,12 +308,12 @@ def tracked_run(tracking: TrackingSettings, model: str, dataset: str, run_id: st
 
 
 def log_settings(settings) -> None:
-    """The validated settings as the active run's params and as ``config.yaml``."""
+    """The validated settings as the active run's params and as ``config.yaml``, passwords redacted."""
     import mlflow
     import yaml
 
     mlflow.log_params(flat_params(settings))
-    mlflow.log_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), "config.yaml")
+    mlflow.log_text(yaml.safe_dump(redact_data(settings.model_dump(mode="json")), sort_keys=False), "config.yaml")
 
 
 def log_model(model, sample) -> str:
@@ -304,9 +337,15 @@ def end_run_failed(error: BaseException) -> None:
 
     if mlflow.active_run() is None:
         return
-    message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    message = redact(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+    run_id = mlflow.active_run().info.run_id
     try:
         mlflow.set_tag("error", message[:MAX_PARAM_LENGTH])
         mlflow.log_text(message + "\n", "error.txt")
+    except Exception as exc:  # noqa: BLE001 - recording the error must not keep the run from ending
+        log.warning("could not record the error in MLflow run %s: %s", run_id, exc)
     finally:
-        mlflow.end_run(status="FAILED")
+        try:
+            mlflow.end_run(status="FAILED")
+        except Exception:  # noqa: BLE001 - the fluent run is broken: end it through a client
+            mlflow.MlflowClient().set_terminated(run_id, "FAILED")

@@ -73,10 +73,13 @@ class Comparison:
 
 
 def run_url(ui_url: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
-    """Link to a run in the MLflow UI, when a UI address is configured."""
+    """Link to a run in the MLflow UI, when a UI address is configured (without any credentials it holds)."""
+    from digitlab.redact import split_credentials
+
     if not (ui_url and experiment_id and run_id):
         return None
-    return f"{str(ui_url).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    base = split_credentials(str(ui_url))[0]  # the browser asks for them; a report never holds a password
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def load_model_result(recipe: str, layout: Layout, ui_url: str | None) -> ModelResult:
@@ -231,13 +234,19 @@ def register(settings: ReportSettings, results: list[ModelResult], layout: Layou
     return register_best(best_model(results), settings.registered_model_name, alias)
 
 
-def log_report_run(results: list[ModelResult], paths: list[Path]) -> str:
-    """A finished run named ``report`` in the recipes' experiment, holding the report files."""
+def log_report_run(results: list[ModelResult], paths: list[Path], tracking_settings) -> str:
+    """A finished run named ``report`` in the recipes' experiment, holding the report files.
+
+    A report stage killed while logging left its run RUNNING: that one is closed KILLED first.
+    """
     import mlflow
 
+    from digitlab.runs import close_stale_runs, process_tags
+
     experiment_id = results[0].train.run.experiment_id
+    close_stale_runs(tracking_settings, experiment_id, "attributes.run_name = 'report'")
     tags = {f"digitlab.run.{r.name}": r.run_id for r in results if r.run_id}
-    tags["digitlab.best_model"] = best_model(results).name
+    tags.update({"digitlab.best_model": best_model(results).name, **process_tags()})
     with mlflow.start_run(experiment_id=experiment_id, run_name="report", tags=tags) as active:
         mlflow.log_metrics({f"{r.name}_test_accuracy": float(r.metrics.accuracy) for r in results})
         for path in paths:
@@ -265,6 +274,6 @@ def run(settings: Settings, layout: Layout) -> Path:
     best = best_model(results)
     log.info("best model: %s (test accuracy %.4f); report in %s", best.name, best.metrics.accuracy, html_path)
     if tracked:
-        report_run = log_report_run(results, [html_path, summary_path])
+        report_run = log_report_run(results, [html_path, summary_path], settings.tracking)
         log.info("logged the report to MLflow run %s (run name 'report')", report_run)
     return html_path
