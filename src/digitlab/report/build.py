@@ -86,9 +86,7 @@ def load_model_result(recipe: str, layout: Layout, ui_url: str | None) -> ModelR
     """One recipe's evaluation and training, read through the two stages' output contracts."""
     evaluated = EvaluationOutputs(layout.report_dir(recipe), recipe).require()
     trained = TrainOutputs(layout.model_dir(recipe), recipe)
-    for path in (trained.metrics, trained.run, trained.history):
-        if not path.is_file():
-            raise DigitlabError(f"{path} is missing: run the train stage of recipe {recipe!r} first (dvc repro train@{recipe})")
+    trained.require(trained.metrics, trained.run, trained.history)  # the report reads no model
     train = trained.read_result()
     predictions = evaluated.read_predictions()
     return ModelResult(

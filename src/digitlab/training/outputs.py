@@ -90,9 +90,12 @@ class TrainOutputs:
     def curves(self) -> Path:
         return self.directory / "curves.png"
 
-    def require(self) -> TrainOutputs:
-        """Fail, naming the file and the stage to run, when an output a later stage reads is missing."""
-        for path in (self.model, self.history, self.metrics, self.run):
+    def require(self, *paths: Path) -> TrainOutputs:
+        """Fail, naming the file and the stage to run, when an output a later stage reads is missing.
+
+        ``paths``: the outputs the reader needs (default: the model and every record).
+        """
+        for path in paths or (self.model, self.history, self.metrics, self.run):
             if not path.is_file():
                 raise DigitlabError(f"{path} is missing: run the train stage of recipe {self.recipe!r} first (dvc repro train@{self.recipe})")
         return self
