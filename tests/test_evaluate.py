@@ -69,7 +69,9 @@ def test_logged_to_the_training_run_which_stays_finished(evaluated):
         artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation/figures")}
         assert f"evaluation/figures/{FIGURES['confusion'].filename}" in artifacts
         assert f"evaluation/figures/{FIGURES['weights'].filename}" in artifacts
-        table = mlflow.load_table("evaluation/confusion_matrix.json", run_ids=[run_id])
+        # Read from the run itself: mlflow.load_table searches the process's active experiment, which another test may have set.
+        logged = mlflow.artifacts.load_dict(f"{client.get_run(run_id).info.artifact_uri}/evaluation/confusion_matrix.json")
+        table = pd.DataFrame(logged["data"], columns=logged["columns"])
         assert table["count"].sum() == result["n_test"]
 
 
