@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast params bench ui clean-venv
+.PHONY: setup repro test test-fast params bench ui stack-up stack-down stack-status clean-venv
 
 # Create the virtual environment and install digitlab (with test tools) into it.
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev,team]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -37,6 +37,16 @@ bench: $(STAMP)
 # The MLflow UI over the project's store, at http://127.0.0.1:5000
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# The team stack: MLflow server (:5151) + PostgreSQL + S3 bucket, also the DVC remote (README "Working as a team").
+stack-up: $(STAMP)
+	$(BIN)/digitlab stack up $(STACK_ARGS)
+
+stack-down: $(STAMP)
+	$(BIN)/digitlab stack down $(STACK_ARGS)
+
+stack-status: $(STAMP)
+	$(BIN)/digitlab stack status $(STACK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -144,10 +144,12 @@ def test_run_tags_name_the_dvc_experiment_and_commit(monkeypatch):
 def test_a_run_starts_even_when_another_experiment_is_active(mlflow_uri: str) -> None:
     """A notebook that called mlflow.set_experiment before must not break training's runs."""
     cfg = TrackingSettings(experiment="digitlab-tests")
-    first = tracking.start_run(cfg, "mlp", "digits")
-    mlflow.end_run()
+    with tracking.tracked_run(cfg, "mlp", "digits") as first:
+        tracking.active_run().journal.log_metrics({"accuracy": 0.5}, step=1)
     mlflow.set_experiment("someone-elses-experiment")
-    resumed = tracking.start_run(cfg, "mlp", "digits", run_id=first.info.run_id)
-    assert resumed.info.run_id == first.info.run_id
-    mlflow.end_run()
-    assert mlflow.MlflowClient().get_run(first.info.run_id).info.status == "FINISHED"
+    with tracking.tracked_run(cfg, "mlp", "digits", run_id=first.run_id) as resumed:
+        tracking.active_run().journal.log_metrics({"accuracy": 0.75}, step=2)
+    assert resumed.run_id == first.run_id and not first.journal.directory.exists()  # delivered: nothing kept
+    client = mlflow.MlflowClient()
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "accuracy")] == [(1, 0.5), (2, 0.75)]

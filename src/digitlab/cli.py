@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     from digitlab.predict import add_predict_command
 
     add_predict_command(commands)
+
+    from digitlab.stack.command import add_stack_command
+
+    add_stack_command(commands)
+
+    from digitlab.journal import add_sync_command
+
+    add_sync_command(commands)
     return parser
 
 

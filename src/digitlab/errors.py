@@ -20,3 +20,7 @@ class ConfigError(DigitlabError):
         self.setting, self.value, self.allowed = setting, value, allowed
         message = f"{setting}={value!r} is not valid: expected {allowed}"
         super().__init__(f"{message}. {hint}" if hint else message)
+
+
+class TrackingUnavailable(DigitlabError):
+    """The MLflow tracking server (or the database behind it) can't be reached now; what is logged can wait in a journal."""

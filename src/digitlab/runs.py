@@ -110,9 +110,12 @@ def stale_runs(client, experiment_ids: Iterable[str], stale_after_s: float, filt
 
 def close_stale(client, stale: Iterable[StaleRun], keep: str | None = None) -> list[StaleRun]:
     """End each stale run KILLED with its reason in ``digitlab.killed_reason``; never run ``keep``. Returns those closed."""
+    from digitlab.journal import journal_root, pending_journals
+
+    waiting = {path.name for path in pending_journals(journal_root())}  # their end is on its way: `digitlab sync`
     closed = []
     for entry in stale:
-        if entry.run_id == keep:
+        if entry.run_id == keep or entry.run_id in waiting:
             continue
         client.set_tag(entry.run_id, KILLED_TAG, entry.reason)
         client.set_terminated(entry.run_id, "KILLED")

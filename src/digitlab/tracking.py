@@ -10,6 +10,8 @@ path (``sqlite:///mlflow.db``) is relative to the project root.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import logging
 import os
 import re
@@ -23,9 +25,10 @@ from urllib.parse import urlparse
 from pydantic import Field, field_validator
 
 from digitlab.config import home_root, project_root
-from digitlab.errors import DigitlabError
+from digitlab.errors import DigitlabError, TrackingUnavailable
+from digitlab.journal import Journal
 from digitlab.redact import redact, redact_data, split_credentials
-from digitlab.schema import PositiveFloat, Strict
+from digitlab.schema import NonNegativeFloat, PositiveFloat, Strict
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ class TrackingSettings(Strict):
     # A RUNNING run of another host (or without a pid) whose last heartbeat is older is stale:
     # its process was killed. Longer than the slowest evaluation period. See digitlab.runs.
     stale_after_s: PositiveFloat = 3600
+    # At the end of a stage, how long to wait for the run's journal to reach an unreachable
+    # server before leaving it for `digitlab sync` (the stage's outputs are written either way).
+    delivery_timeout_s: NonNegativeFloat = 30
 
     @field_validator("uri")
     @classmethod
@@ -128,31 +134,97 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
-        raise DigitlabError(
+        raise TrackingUnavailable(
             f"MLflow tracking server {uri} is unreachable ({exc.strerror or exc}): start it "
             f"(mlflow server --host {host} --port {port}) or set tracking.uri (tracking=sqlite for the local store)"
         ) from exc
 
 
 def _create_store_once(uri: str) -> None:
-    """Create (migrate) a SQLite store under a file lock: two first-time writers at once race otherwise."""
+    """Create (migrate) a database store once, however many first-time writers start at once.
+
+    MLflow migrates a store's schema on first use, and two processes doing it at
+    once fail ("duplicate column"). SQLite: under a file lock beside the file.
+    PostgreSQL: under a session advisory lock in the database itself, which also
+    holds across machines. A server migrates its store when it starts (nothing to do).
+    """
     import mlflow
-    from filelock import FileLock
 
     database = sqlite_path(uri)
-    if database is None:
+    if database is not None:
+        from filelock import FileLock
+
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(database.with_name(f".{database.name}.lock"), timeout=300):
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    elif urlparse(uri).scheme.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": STORE_LOCK_KEY})
+            try:
+                mlflow.MlflowClient(uri).search_experiments(max_results=1)
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": STORE_LOCK_KEY})
+        engine.dispose()
+
+
+# The advisory lock that serialises MLflow schema creation in a PostgreSQL store ("digitlab" in ASCII).
+STORE_LOCK_KEY = 0x6469676974_6C6162 >> 16
+
+
+def _server_message(response) -> str:
+    """The error a server answered, on one line: MLflow's JSON ``message``, else the body's start."""
+    try:
+        text = str(response.json().get("message") or response.text)
+    except ValueError:
+        text = response.text
+    return " ".join(redact(text).split())[:300] or response.reason or "no message"
+
+
+def check_server(uri: str, timeout: float) -> None:
+    """One real API call to an http(s) server, no retries: a refused login or a failing server is one line at once.
+
+    401/403: the credentials (MLFLOW_TRACKING_USERNAME/PASSWORD) are wrong or missing,
+    which no retry fixes (:class:`DigitlabError`). 5xx or no answer within ``timeout``:
+    the server or the database behind it is down (:class:`TrackingUnavailable`).
+    """
+    import requests
+
+    if urlparse(uri).scheme not in ("http", "https"):
         return
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(database.with_name(f".{database.name}.lock"), timeout=300):
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+    try:
+        response = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=timeout, verify=verify,
+            auth=(user or "", password or "") if user or password else None,
+            headers={"Authorization": f"Bearer {token}"} if token and not (user or password) else None,
+        )  # fmt: skip
+    except requests.RequestException as exc:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} did not answer within {timeout:g} s ({type(exc).__name__})") from None
+    if response.status_code in (401, 403):
+        who = f"the credentials of user {user!r}" if user or password else "to serve a client without credentials"
+        raise DigitlabError(
+            f"MLflow tracking server {uri} refused {who} (HTTP {response.status_code}): set MLFLOW_TRACKING_USERNAME/"
+            "MLFLOW_TRACKING_PASSWORD to an account of that server (a `digitlab stack`: its password file, `digitlab stack status`)"
+        )  # fmt: skip
+    if response.status_code >= 500:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} failed (HTTP {response.status_code}): {_server_message(response)}")
 
 
 def configure(tracking: TrackingSettings) -> str:
     """Point MLflow at the configured store, failing fast if a server is unreachable. Returns the URI."""
     import mlflow
 
+    from digitlab.stack.client import use_stack_credentials
+
     uri = client_uri(resolve_uri(tracking))
     check_reachable(uri, tracking.connect_timeout)
+    use_stack_credentials(uri)  # the server of this machine's `digitlab stack`: its login, unless one is set
+    check_server(uri, tracking.connect_timeout)
     # Keep a dead server from stalling a run for minutes in MLflow's retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(tracking.connect_timeout * 3)))
@@ -254,6 +326,17 @@ def experiment_id(tracking: TrackingSettings, dataset: str) -> str:
         return existing.experiment_id
 
 
+def require_run(run_id: str, where: str) -> None:
+    """Fail with one line when run ``run_id`` (read from ``where``) is not in the configured store."""
+    import mlflow
+
+    if not run_exists(run_id):
+        raise DigitlabError(
+            f"MLflow run {run_id} ({where}) is not in the store {redact(mlflow.get_tracking_uri())}: "
+            "use the tracking settings the model was trained with, or retrain it"
+        )
+
+
 def run_exists(run_id: str) -> bool:
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -266,58 +349,101 @@ def run_exists(run_id: str) -> bool:
 
 
 def start_run(tracking: TrackingSettings, model: str, dataset: str, run_id: str | None = None):
-    """Start a run for training ``model`` on ``dataset``, or continue run ``run_id`` (a resumed training).
+    """Create a run for training ``model`` on ``dataset`` on the store, or claim run ``run_id`` (a resumed training).
 
     Under a sweep the run is nested in the sweep's parent run, whose id the
     sweep callback passes in ``$DIGITLAB_PARENT_RUN_ID``. The run is tagged with
     this process (host, pid, heartbeat) so that :mod:`digitlab.runs` can tell when
-    a kill left it RUNNING. The run id is always
-    explicit, so a stray ``$MLFLOW_RUN_ID`` can't redirect it.
+    a kill left it RUNNING. The run id is always explicit, so a stray
+    ``$MLFLOW_RUN_ID`` can't redirect it. Returns the run (an ``mlflow.entities.Run``).
     """
     import mlflow
 
     from digitlab.runs import process_tags
 
+    client = mlflow.MlflowClient()
     if not run_id:
         parent = os.environ.get(PARENT_RUN_ENV)
         tags = {**run_tags(model, dataset), **process_tags()}
         if parent:
             tags["mlflow.parentRunId"] = parent
-        run_id = mlflow.MlflowClient().create_run(experiment_id(tracking, dataset), tags=tags, run_name=f"{model}-{dataset}").info.run_id
-    else:  # this process runs it now: who to ask whether it is still alive
-        for key, value in process_tags().items():
-            mlflow.MlflowClient().set_tag(run_id, key, value)
-    # MLflow refuses to continue a run of another experiment than the process's active one
-    # (set by any earlier mlflow.set_experiment, e.g. in a notebook): make the run's own active.
-    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
-    return mlflow.start_run(run_id=run_id)
+        return client.create_run(experiment_id(tracking, dataset), tags=tags, run_name=f"{model}-{dataset}")
+    for key, value in process_tags().items():  # this process runs it now: who to ask whether it is still alive
+        client.set_tag(run_id, key, value)
+    if client.get_run(run_id).info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    return client.get_run(run_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackedRun:
+    """A run a stage logs to: everything goes through its journal (:mod:`digitlab.journal`)."""
+
+    run_id: str
+    experiment_id: str
+    uri: str
+    journal: Journal
+
+
+_ACTIVE: contextvars.ContextVar[TrackedRun | None] = contextvars.ContextVar("digitlab_tracked_run", default=None)
+
+
+def active_run() -> TrackedRun:
+    """The run of the current :func:`tracked_run` block."""
+    run = _ACTIVE.get()
+    if run is None:
+        raise RuntimeError("no digitlab run is active: log inside tracking.tracked_run")
+    return run
 
 
 @contextlib.contextmanager
-def tracked_run(tracking: TrackingSettings, model: str, dataset: str, run_id: str | None = None) -> Iterator:
-    """An active run (new, or ``run_id`` continued) that ends FINISHED, or FAILED with the error recorded."""
+def tracked_run(tracking: TrackingSettings, model: str, dataset: str, run_id: str | None = None) -> Iterator[TrackedRun]:
+    """A run (new, or ``run_id`` continued) that ends FINISHED, or FAILED with the error recorded.
+
+    The run is created on the store at once (a store that can't be reached fails
+    the stage before any work); what is logged afterwards goes through the run's
+    journal, so an outage of the server in between costs nothing (see :func:`close_journal`).
+    """
     import mlflow
 
-    run = start_run(tracking, model, dataset, run_id)
+    info = start_run(tracking, model, dataset, run_id).info
+    run = TrackedRun(info.run_id, info.experiment_id, mlflow.get_tracking_uri(), Journal.for_run(info.run_id, mlflow.get_tracking_uri()))
+    run.journal.start_sender()
+    token = _ACTIVE.set(run)
     try:
         yield run
     except BaseException as error:
-        end_run_failed(error)
+        record_failure(run.journal, error)
         raise
-    mlflow.end_run()
+    else:
+        run.journal.end("FINISHED")
+    finally:
+        _ACTIVE.reset(token)
+        close_journal(run.journal, tracking.delivery_timeout_s)
+
+
+def close_journal(journal: Journal, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for a run's journal to reach the server; warn once, naming the way out, if it did not."""
+    if journal.close(timeout):
+        return True
+    log.warning(
+        "MLflow server %s unreachable: %d entries of run %s are kept in %s; deliver them with `digitlab sync` "
+        "(the stage's own outputs are complete)", redact(journal.uri), journal.pending, journal.run_id, journal.directory,
+    )  # fmt: skip
+    return False
 
 
 def log_settings(settings) -> None:
     """The validated settings as the active run's params and as ``config.yaml``, passwords redacted."""
-    import mlflow
     import yaml
 
-    mlflow.log_params(flat_params(settings))
-    mlflow.log_text(yaml.safe_dump(redact_data(settings.model_dump(mode="json")), sort_keys=False), "config.yaml")
+    journal = active_run().journal
+    journal.log_params(flat_params(settings))
+    journal.log_text(yaml.safe_dump(redact_data(settings.model_dump(mode="json")), sort_keys=False), "config.yaml")
 
 
 def log_model(model, sample) -> str:
-    """Log a Keras model as an MLflow model with an input signature; returns its URI."""
+    """Log a Keras model as an MLflow model of the fluent active run, with an input signature; returns its URI."""
     import keras
     import mlflow
     import numpy as np
@@ -331,21 +457,9 @@ def log_model(model, sample) -> str:
     return mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements).model_uri
 
 
-def end_run_failed(error: BaseException) -> None:
-    """End the active run FAILED with the error recorded (tag ``error`` and error.txt)."""
-    import mlflow
-
-    if mlflow.active_run() is None:
-        return
+def record_failure(journal: Journal, error: BaseException) -> None:
+    """End a run FAILED with the error recorded (tag ``error`` and error.txt)."""
     message = redact(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
-    run_id = mlflow.active_run().info.run_id
-    try:
-        mlflow.set_tag("error", message[:MAX_PARAM_LENGTH])
-        mlflow.log_text(message + "\n", "error.txt")
-    except Exception as exc:  # noqa: BLE001 - recording the error must not keep the run from ending
-        log.warning("could not record the error in MLflow run %s: %s", run_id, exc)
-    finally:
-        try:
-            mlflow.end_run(status="FAILED")
-        except Exception:  # noqa: BLE001 - the fluent run is broken: end it through a client
-            mlflow.MlflowClient().set_terminated(run_id, "FAILED")
+    journal.set_tags({"error": message[:MAX_PARAM_LENGTH]})
+    journal.log_text(message + "\n", "error.txt")
+    journal.end("FAILED")

@@ -119,30 +119,29 @@ def write_outputs(outputs: EvaluationOutputs, result: EvaluationMetrics, data: E
 
 
 def log_to_mlflow(tracking: TrackingSettings, trained: TrainOutputs, run_id: str, outputs: EvaluationOutputs) -> None:
-    """Add the test results to the recipe's training run without reopening it (it stays FINISHED)."""
-    import mlflow
-    from mlflow.entities import Metric
-    from mlflow.exceptions import MlflowException
+    """Add the test results to the recipe's training run without reopening it (it stays FINISHED).
 
+    They go through the run's journal (:mod:`digitlab.journal`): a server that is
+    down now gets them later, from ``digitlab sync``, and the stage still succeeds.
+    """
     from digitlab import tracking as mlflow_tracking
+    from digitlab.errors import TrackingUnavailable
+    from digitlab.journal import Journal
 
-    uri = mlflow_tracking.configure(tracking)
-    client = mlflow.MlflowClient(tracking_uri=uri)
     try:
-        client.get_run(run_id)
-    except MlflowException as exc:
-        raise DigitlabError(
-            f"MLflow run {run_id} (run_id in {trained.run}) is not in the store {uri}: "
-            "evaluate with the tracking settings the model was trained with, or retrain it"
-        ) from exc
-    now = int(time.time() * 1000)
-    numbers = outputs.read_metrics().numbers()
-    client.log_batch(run_id, metrics=[Metric(f"test_{key}", value, now, 0) for key, value in numbers.items()])
-    for path in (outputs.metrics, outputs.classification_report):
-        client.log_artifact(run_id, str(path), "evaluation")
-    client.log_artifacts(run_id, str(outputs.figures), "evaluation/figures")
+        uri = mlflow_tracking.configure(tracking)
+        mlflow_tracking.require_run(run_id, f"run_id in {trained.run}")
+    except TrackingUnavailable as exc:
+        log.warning("%s", exc)
+        uri = mlflow_tracking.resolve_uri(tracking)
+    journal = Journal.for_run(run_id, uri)
+    journal.start_sender()
+    journal.log_metrics({f"test_{key}": value for key, value in outputs.read_metrics().numbers().items()}, step=0)
+    for path in (outputs.metrics, outputs.classification_report, *sorted(outputs.figures.iterdir())):
+        journal.log_artifact(path, "evaluation" if path.parent != outputs.figures else "evaluation/figures")
     counts = outputs.read_confusion().value_counts().rename("count").reset_index()
-    client.log_table(run_id, counts, "evaluation/confusion_matrix.json")
+    journal.log_table(counts, "evaluation/confusion_matrix.json")
+    mlflow_tracking.close_journal(journal, tracking.delivery_timeout_s)
 
 
 def run(settings: Settings, layout: Layout, recipe: str) -> EvaluationMetrics:

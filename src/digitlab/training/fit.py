@@ -120,10 +120,10 @@ class Fit:
         return own
 
     def finalise(self, run) -> TrainResult:
-        """Save the best model and the curves, log them to the run, and say what the run achieved."""
-        import mlflow
+        """Save the best model and the curves, log them to the run (its journal), and say what the run achieved.
 
-        from digitlab import tracking
+        The result's ``model_uri`` is filled in once the journal has delivered the model (:func:`with_model_uri`).
+        """
         from digitlab.models import load_model, save_model
         from digitlab.training.curves import plot_curves
 
@@ -132,17 +132,19 @@ class Fit:
         final_val = final.evaluate(self.val_data, verbose=0, return_dict=True)
         save_model(final, self.outputs.model)
         plot_curves(self.state.history, f"{self.name} on {self.meta.dataset}").savefig(self.outputs.curves, dpi=110)
-        mlflow.log_metrics({"best_val_accuracy": float(final_val["accuracy"]), "best_val_loss": float(final_val["loss"])})
+        journal = run.journal
+        journal.log_metrics({"best_val_accuracy": float(final_val["accuracy"]), "best_val_loss": float(final_val["loss"])})
         for path, folder in ((self.outputs.curves, None), (self.outputs.history, None), (self.checkpoints.best, "checkpoints")):
             if path.is_file():
-                mlflow.log_artifact(str(path), folder)
-        model_uri = tracking.log_model(final, self.val_sample) if self.settings.tracking.log_models else None
+                journal.log_artifact(path, folder)
+        if self.settings.tracking.log_models:
+            journal.log_model(self.outputs.model, self.val_sample)
         result = TrainResult(self._metrics(final, final_val), RunInfo(
-            self.name, self.meta.dataset, run.info.run_id, run.info.experiment_id, mlflow.get_tracking_uri(), model_uri,
+            self.name, self.meta.dataset, run.run_id, run.experiment_id, run.uri, None,
         ))  # fmt: skip
         log.info(
             "%s: val_accuracy %.4f (best evaluation %d of %d, %d steps, %.1fs); MLflow run %s", self.name,
-            result.metrics.val_accuracy, self.state.best_epoch, self.state.epoch, self.state.step, self.state.train_time_s, run.info.run_id,
+            result.metrics.val_accuracy, self.state.best_epoch, self.state.epoch, self.state.step, self.state.train_time_s, run.run_id,
         )  # fmt: skip
         return result
 

@@ -8,6 +8,7 @@ Outputs in ``output_dir`` (else ``<paths.models>/<recipe>``) are described in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from digitlab import tracking
 from digitlab.data.prepared import load_meta
+from digitlab.journal import deliver_leftovers
 from digitlab.runs import close_stale_runs
 from digitlab.settings import Layout, Settings
 from digitlab.training.checkpoints import CheckpointDir, RunState, fingerprint
@@ -34,7 +36,7 @@ def train(settings: Settings, layout: Layout | None = None, callbacks: Sequence 
     """
     layout = layout or Layout.for_settings(settings)
     meta = load_meta(layout.prepared)
-    tracking.configure(settings.tracking)
+    mlflow_uri = tracking.configure(settings.tracking)
     # Built before any output or MLflow run exists: a model that does not fit the input fails here.
     model = _seeded_model(settings, meta)
     outputs = TrainOutputs(output_dir(settings, layout), settings.model)
@@ -43,20 +45,27 @@ def train(settings: Settings, layout: Layout | None = None, callbacks: Sequence 
         checkpoints = checkpoint_dir(settings, layout, meta)
         state, model = _resume_or_start(settings, checkpoints, model)
         resumed_run = state.run_id if state.run_id and tracking.run_exists(state.run_id) else None
+        deliver_leftovers(mlflow_uri)
         # Runs of this recipe that a kill left RUNNING; the one resumed is continued instead.
         stale_filter = f"tags.model = '{settings.model}'"
         close_stale_runs(settings.tracking, tracking.experiment_id(settings.tracking, meta.dataset), stale_filter, resumed_run)
 
         with _sigterm_as_interrupt(), tracking.tracked_run(settings.tracking, settings.model, meta.dataset, resumed_run) as run:
-            state.run_id = run.info.run_id
+            state.run_id = run.run_id
             if resumed_run is None:
                 tracking.log_settings(settings)
             fit = Fit(settings, meta, model, outputs, checkpoints, state)
             fit.run(layout.prepared, callbacks)
             result = fit.finalise(run)
+        result = with_model_uri(result, run.journal.model_uri)
         outputs.write_result(result)
         checkpoints.remove()  # complete: nothing to resume
     return result
+
+
+def with_model_uri(result: TrainResult, model_uri: str | None) -> TrainResult:
+    """The result with the URI of its logged MLflow model (None while the model waits in the journal)."""
+    return dataclasses.replace(result, run=dataclasses.replace(result.run, model_uri=model_uri))
 
 
 def output_dir(settings: Settings, layout: Layout) -> Path:

@@ -1,0 +1,192 @@
+"""A training survives its tracking server: a real ``mlflow server`` SIGKILLed in the middle of a
+real training (``python -m pipeline.train`` as DVC runs it), then restarted, or never restarted.
+
+What is logged meanwhile waits in the run's journal (:mod:`digitlab.journal`) and reaches the
+server in order, each metric step once; the run ends FINISHED; the stage never fails for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import requests
+from omegaconf import OmegaConf
+
+from digitlab.training.callbacks import LOGGED_COLUMNS
+from digitlab.training.outputs import TrainOutputs
+from tests.conftest import free_port, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 60
+
+pytestmark = pytest.mark.slow
+
+
+class RestartableServer:
+    """A real ``mlflow server`` on a fixed port, its SQLite store and artifacts in ``base``: kill it, start it again."""
+
+    def __init__(self, base: Path, template: Path) -> None:
+        self.base, self.port = base, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        shutil.copy2(template, base / "server.db")
+        self.process: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> None:
+        command = [
+            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", "1", "--backend-store-uri", f"sqlite:///{self.base / 'server.db'}",
+            "--artifacts-destination", str(self.base / "artifacts"),
+        ]  # fmt: skip
+        with (self.base / "server.log").open("a") as log:
+            self.process = subprocess.Popen(command, cwd=self.base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            assert self.process.poll() is None, (self.base / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.3)
+
+    def _healthy(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path: Path, _mlflow_template: Path):
+    server = RestartableServer(tmp_path, _mlflow_template)
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.kill()
+
+
+def params_file(base: Path, prepared: Path, uri: str, *overrides: str) -> Path:
+    (base / "data").mkdir(exist_ok=True)
+    if not (base / "data" / "prepared").exists():
+        (base / "data" / "prepared").symlink_to(prepared)
+    cfg = tiny_config(
+        "model=mlp", f"models.mlp.training.epochs={EPOCHS}", "models.mlp.training.batch_size=8",
+        "models.mlp.training.early_stopping.enabled=false", "tracking.experiment=outage",
+        f"paths.data={base / 'data'}", f"tracking.uri={uri}", f"output_dir={base / 'out'}",
+        f"paths.checkpoints={base / 'checkpoints'}", "tracking.connect_timeout=5", *overrides,
+    )  # fmt: skip
+    path = base / "params.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg))
+    return path
+
+
+def train(params: Path, base: Path) -> tuple[subprocess.Popen, Path]:
+    """The train stage as DVC runs it; the project's home (where journals live) is ``base``."""
+    log = base / "train.log"
+    env = {**os.environ, "DVC_ROOT": str(base)}
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--params", str(params)], cwd=ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=stderr, text=True)  # fmt: skip
+    return process, log
+
+
+def evaluations(base: Path) -> int:
+    try:
+        return len(pd.read_csv(base / "out" / "history.csv"))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return 0
+
+
+def wait_until(condition, process: subprocess.Popen, log: Path, what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"training exited {process.returncode} before {what}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def the_run(uri: str):
+    client = mlflow.MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "outage"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    return client, run
+
+
+def assert_complete(uri: str, epochs: int) -> None:
+    """The run FINISHED with every evaluation's metrics once, in order, and its artifacts and model."""
+    client, run = the_run(uri)
+    assert run.info.status == "FINISHED"
+    for key in LOGGED_COLUMNS:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert steps == list(range(epochs + 1)), f"{key}: steps {steps}"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "curves.png", "history.csv", "checkpoints"} <= artifacts
+    assert client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+
+
+def test_server_killed_mid_training_and_restarted(server: RestartableServer, tmp_path: Path, tiny_prepared: Path) -> None:
+    params = params_file(tmp_path, tiny_prepared, server.url, "tracking.delivery_timeout_s=120")
+    process, log = train(params, tmp_path)
+    wait_until(lambda: evaluations(tmp_path) >= 3, process, log, "3 evaluations")
+    server.kill()
+    down_at = evaluations(tmp_path)
+    server.start(wait=False)  # it takes seconds to answer again: the training goes on meanwhile
+    wait_until(lambda: evaluations(tmp_path) >= down_at + 3, process, log, "training going on while the server is down")
+    server.wait_healthy()
+    back_at = evaluations(tmp_path)
+    assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert back_at < EPOCHS + 1, "the server came back only after the training: the test needs a longer training"
+    text = log.read_text()
+    assert "Traceback" not in text and text.count("unreachable") == 1, text[-3000:]
+    assert_complete(server.url, EPOCHS)
+    assert not any((tmp_path / ".digitlab" / "journal").iterdir()), "delivered journals are removed"
+
+
+def test_server_never_restarted_then_sync(server: RestartableServer, tmp_path: Path, tiny_prepared: Path) -> None:
+    params = params_file(tmp_path, tiny_prepared, server.url, "tracking.delivery_timeout_s=2", f"models.mlp.training.epochs={EPOCHS // 4}")
+    process, log = train(params, tmp_path)
+    wait_until(lambda: evaluations(tmp_path) >= 2, process, log, "2 evaluations")
+    server.kill()
+    assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Traceback" not in text and "digitlab sync" in text, text[-3000:]
+    outputs = TrainOutputs(tmp_path / "out", "mlp").require()  # the stage's own outputs are complete
+    assert outputs.read_result().run.model_uri is None, "the model is not on the server yet"
+    (journal,) = list((tmp_path / ".digitlab" / "journal").iterdir())
+
+    server.start()
+    env = {**os.environ, "DVC_ROOT": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "digitlab.cli", "sync"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert journal.name in done.stdout and not journal.exists()
+    assert_complete(server.url, EPOCHS // 4)
+    again = subprocess.run([sys.executable, "-m", "digitlab.cli", "sync"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to deliver" in again.stdout
+
+
+def test_sync_while_the_server_is_down_is_one_line(server: RestartableServer, tmp_path: Path) -> None:
+    from digitlab.journal import Journal
+
+    journal = Journal.for_run("0" * 32, server.url, root=tmp_path / ".digitlab" / "journal")
+    journal.log_metrics({"accuracy": 0.5}, step=1)
+    server.kill()
+    env = {**os.environ, "DVC_ROOT": str(tmp_path)}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "digitlab.cli", "sync"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and server.url in done.stderr, done.stderr
+    assert time.monotonic() - started < 60
+    assert journal.pending == 1, "nothing is lost: the journal still holds the entry"
