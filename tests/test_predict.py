@@ -266,3 +266,166 @@ def test_predict_refuses_a_decompression_bomb_whatever_the_decoder_does(tmp_path
     monkeypatch.setattr(predict_module, "open_image", warns)
     with pytest.raises(DigitlabError, match=rf"^image {re.escape(str(tmp_path / 'x.png'))} is too large to decode safely"):
         predict_module.read_image(tmp_path / "x.png")
+
+
+# --- --normalize: a digit picture normalised the way MNIST's digits were made ---
+
+
+def _digit_picture(digit: str, canvas: tuple[int, int], height: int, at: tuple[int, int], dark_ink: bool = True) -> Image.Image:
+    """``digit`` in Pillow's bundled font, its ink ``height`` pixels tall, its box's top-left at ``at``."""
+    from PIL import ImageDraw, ImageFont
+
+    probe = ImageFont.load_default(size=100)
+    left, top, right, bottom = probe.getbbox(digit)
+    font = ImageFont.load_default(size=round(100 * height / (bottom - top)))
+    left, top, _, _ = font.getbbox(digit)
+    paper, ink = (240, 20) if dark_ink else (0, 255)
+    image = Image.new("L", canvas, paper)
+    ImageDraw.Draw(image).text((at[0] - left, at[1] - top), digit, font=font, fill=ink)
+    return image
+
+
+def _ink_box(pixels: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+@pytest.mark.parametrize("digit", list("0123456789"))
+def test_normalised_digit_has_its_mass_centred_and_fits_20x20(digit):
+    from scipy import ndimage
+
+    from digitlab.predict import normalize_mnist
+
+    pixels = normalize_mnist(_digit_picture(digit, (400, 260), 150, (20, 90)))
+    assert pixels.shape == (28, 28) and pixels.dtype == np.float32
+    assert pixels.max() == pytest.approx(255.0, abs=1) and pixels.min() >= 0
+    centre = ndimage.center_of_mass(pixels)
+    assert abs(centre[0] - 13.5) <= 1 and abs(centre[1] - 13.5) <= 1, centre
+    height, width = _ink_box(pixels > 0)
+    assert max(height, width) == 20 and min(height, width) <= 20, (height, width)
+
+
+def _closest(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean absolute difference and correlation of ``a`` and ``b`` at their best alignment within a pixel.
+
+    The centre of mass moves a digit by whole pixels (as MNIST's), so two renderings
+    whose centres differ by a hair either side of a half pixel land a pixel apart.
+    """
+    best = min(((np.abs(np.roll(a, (dy, dx), (0, 1)) - b).mean(), dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)))
+    return float(best[0]), float(np.corrcoef(np.roll(a, best[1:], (0, 1)).ravel(), b.ravel())[0, 1])
+
+
+@pytest.mark.parametrize("digit", list("0123456789"))
+def test_an_off_centre_digit_on_paper_normalises_like_the_same_digit_mnist_like(digit):
+    from digitlab.predict import normalize_mnist
+
+    on_paper = normalize_mnist(_digit_picture(digit, (500, 300), 200, (330, 40)))  # off to the right, dark on light
+    # The same glyph as MNIST's: light on black, 20 pixels tall in 28x28 (drawn 10x larger, then shrunk by area).
+    large = _digit_picture(digit, (280, 280), 200, (100, 40), dark_ink=False)
+    mnist_like = normalize_mnist(large.resize((28, 28), Image.Resampling.BOX))
+    difference, correlation = _closest(on_paper, mnist_like)
+    assert difference < 12 and correlation > 0.9, (difference, correlation)
+    # And a normalised digit is a fixed point: normalising it again changes next to nothing.
+    difference, correlation = _closest(on_paper, normalize_mnist(Image.fromarray(on_paper.astype(np.uint8))))
+    assert difference < 6 and correlation > 0.98, (difference, correlation)
+
+
+def test_normalisation_copes_with_uneven_lighting_and_noise():
+    from digitlab.predict import normalize_mnist
+
+    clean = _digit_picture("4", (300, 300), 160, (60, 70))
+    pixels = np.asarray(clean, dtype=np.float64)
+    ramp = np.linspace(1.0, 0.55, pixels.shape[1])[None, :]  # the right side in shadow
+    noisy = np.clip(pixels * ramp + np.random.default_rng(0).normal(0, 15, pixels.shape), 0, 255).astype(np.uint8)
+    expected, got = normalize_mnist(clean), normalize_mnist(Image.fromarray(noisy))
+    assert _ink_box(got > 60) == _ink_box(expected > 60)
+    assert np.corrcoef(expected.ravel(), got.ravel())[0, 1] > 0.95
+
+
+def test_a_blank_picture_normalises_to_a_black_field():
+    from digitlab.predict import normalize_mnist
+
+    assert not normalize_mnist(Image.new("L", (50, 40), 230)).any()
+
+
+def test_mnist_normalisation_scales_to_another_input_size():
+    from digitlab.predict import normalized_input
+
+    picture = _digit_picture("3", (200, 200), 120, (30, 30))
+    pixels = normalized_input(picture, (8, 8, 1), dark_ink=None)
+    assert pixels.shape == (8, 8, 1) and pixels.max() > 100 and pixels[0].max() < 50
+    rgb = normalized_input(picture, (28, 28, 3), dark_ink=None)
+    assert rgb.shape == (28, 28, 3) and np.array_equal(rgb[..., 0], rgb[..., 2])
+
+
+def _meta_dir(root: Path, dataset: str, shape: tuple[int, int, int], classes: list[str] | None = None) -> Path:
+    from digitlab.data.prepared import Meta, save_meta
+
+    directory = root / dataset
+    directory.mkdir()
+    save_meta(directory, Meta(dataset, classes or [str(i) for i in range(10)], shape, {}, {}))
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("dataset", "shape", "classes", "expected"),
+    [
+        ("mnist_5k", (28, 28, 1), None, "mnist"),
+        ("mnist", (28, 28, 1), None, "mnist"),
+        ("mnist_1k", (28, 28, 1), None, "mnist"),
+        ("digits", (8, 8, 1), None, "none"),
+        ("fashion_mnist", (28, 28, 1), ["T-shirt/top", *map(str, range(1, 10))], "none"),
+        ("cifar10", (32, 32, 3), None, "none"),
+        ("folder", (28, 28, 1), None, "none"),
+    ],
+)
+def test_auto_normalises_as_mnist_only_for_mnist_like_digit_sets(tmp_path, dataset, shape, classes, expected):
+    from digitlab.predict import choose_normalize
+
+    prepared = _meta_dir(tmp_path, dataset, shape, classes)
+    assert choose_normalize("auto", prepared, shape) == expected
+    assert choose_normalize("none", prepared, shape) == "none" and choose_normalize("mnist", prepared, shape) == "mnist"
+
+
+def test_auto_is_none_without_meta_or_for_a_model_of_another_shape(tmp_path):
+    from digitlab.predict import choose_normalize
+
+    assert choose_normalize("auto", tmp_path / "nothing", (28, 28, 1)) == "none"
+    assert choose_normalize("auto", _meta_dir(tmp_path, "mnist_5k", (28, 28, 1)), (32, 32, 1)) == "none"
+
+
+def test_normalize_none_is_the_old_behaviour(tiny_prepared, tmp_path):
+    """--normalize none (and auto on a digits project) feeds the model exactly what predict fed it before."""
+    from digitlab.predict import _border_mean, model_inputs, predict, to_model_input
+
+    root = tmp_path / "project"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "prepared").symlink_to(tiny_prepared)
+    model, model_path = _tiny_keras_model(), tmp_path / "tiny.keras"
+    model.save(model_path)
+    pictures = [_digit_picture("5", (90, 60), 40, (10, 5)), _digit_picture("1", (30, 30), 20, (8, 4), dark_ink=False)]
+    paths = []
+    for i, picture in enumerate(pictures):
+        paths.append(tmp_path / f"{i}.png")
+        picture.save(paths[-1])
+    old = []
+    for picture in pictures:  # predict's loop before --normalize existed
+        pixels = to_model_input(picture, (8, 8, 1))
+        old.append(255.0 - pixels if _border_mean(pixels) > 128 else pixels)
+    inputs, inverted = model_inputs(pictures, (8, 8, 1), "auto", "none", True)
+    np.testing.assert_array_equal(inputs, np.stack(old))
+    assert inverted == [True, False]
+    expected = model.predict(np.stack(old), verbose=0)
+    for normalize in ("none", "auto"):
+        for prediction, row in zip(predict(paths, str(model_path), top_k=1, root=root, normalize=normalize), expected):
+            assert prediction.label == str(int(np.argmax(row))) and not prediction.normalized
+            assert prediction.top[0][1] == pytest.approx(float(row.max()), rel=1e-5)
+    assert all(p.normalized for p in predict(paths, str(model_path), top_k=1, root=root, normalize="mnist"))
+
+
+def test_a_bad_normalize_value_is_one_line(tmp_path):
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28)).save(image)
+    result = digitlab("predict", str(image), "--normalize", "mnsit", cwd=tmp_path, check=False)
+    assert result.returncode == 2, result
+    assert result.stderr == "digitlab: error: --normalize mnsit is not valid: expected auto, mnist or none\n"

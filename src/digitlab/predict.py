@@ -4,7 +4,11 @@
 ``<paths.models>/<name>/model.keras``), a ``.keras`` file, or an MLflow URI
 (``models:/NAME@ALIAS`` or ``models:/NAME/ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``).
 Any image Pillow reads (PNG, JPEG, ...) is converted to the model's input:
-grey or RGB as the model expects, resized to its height and width. Class
+grey or RGB as the model expects, resized to its height and width. For a model
+of an MNIST-like digit set (``--normalize auto``, or ``mnist``) the digit is
+first normalised the way MNIST's were made: its ink cropped (Otsu's threshold
+over the paper's local level), scaled to fit 20x20 keeping its aspect ratio and
+pasted into 28x28 with its centre of mass in the middle. Class
 names come from the project's prepared data (``data/prepared/meta.json``)
 when it matches the model, else the class indices are printed.
 
@@ -35,6 +39,12 @@ from digitlab.tracking import TrackingSettings
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 DEFAULT_MODEL = "cnn"
 DEFAULT_TOP_K = 3
+NORMALIZE_CHOICES = ("auto", "mnist", "none")
+# Datasets made the MNIST way (28x28 grey digits, cropped, scaled and centred): mnist, mnist_5k, mnist_1k, ...
+# Not fashion_mnist (clothes), digits (scikit-learn's 8x8, made otherwise), cifar or a folder of your own.
+MNIST_LIKE = re.compile(r"mnist(_\d+k?)?")
+MNIST_SIDE, MNIST_BOX = 28, 20  # the field and the box the digit's ink is scaled to fit
+ANALYSIS_SIDE = 512  # images are looked at (ink found) at most this large: plenty for a 20x20 result
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class Prediction:
     image: Path
     top: list[tuple[str, float]]  # (class name, probability), most probable first
     inverted: bool
+    normalized: bool = False  # cropped, scaled and centred as MNIST's digits (``--normalize``)
 
     @property
     def label(self) -> str:
@@ -106,6 +117,173 @@ def dark_background(prepared_dir: Path) -> bool | None:
     with np.load(path) as arrays:
         images = arrays["x"][:200].astype(np.float32)
     return bool(np.mean([_border_mean(image) for image in images]) < 128)
+
+
+# --- MNIST's recipe: ink cropped, scaled to fit 20x20 (aspect kept), centred by its mass in 28x28 ---
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of ``values``: the cut of their 256-bin histogram with the largest between-class variance."""
+    low, high = float(values.min()), float(values.max())
+    if high - low < 1e-9:
+        return high
+    counts, edges = np.histogram(values, bins=256, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts).astype(np.float64)  # pixels at or below each cut
+    mass = np.cumsum(counts * centres)
+    total, total_mass = weight[-1], mass[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mass * weight - total * mass) ** 2 / (weight * (total - weight))
+    return float(centres[int(np.nanargmax(between[:-1]))])
+
+
+def ink_strength(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """How much ink each pixel holds, 0 (paper) to 255: light ink on dark, uneven lighting flattened.
+
+    The paper's level is estimated locally: a grey closing (dark ink) or opening
+    (light ink) over a window of a third of the image's shorter side (wider than
+    any stroke, so strokes are not taken for paper), smoothed. Dark ink is the
+    share of the paper's light it takes away (shadows scale paper and ink
+    alike); light ink what stands above the background.
+    """
+    from scipy import ndimage
+
+    pixels = grey.astype(np.float64)
+    window = max(3, min(pixels.shape) // 3)
+    if dark_ink:
+        paper = ndimage.uniform_filter(ndimage.grey_closing(pixels, size=(window, window)), window)
+        return np.clip(1.0 - pixels / np.maximum(paper, 1.0), 0.0, 1.0) * 255.0
+    background = ndimage.uniform_filter(ndimage.grey_opening(pixels, size=(window, window)), window)
+    return np.clip(pixels - background, 0.0, 255.0)
+
+
+def ink_levels(strength: np.ndarray) -> np.ndarray:
+    """Ink 0-1: the strokes found by Otsu's threshold, contrast stretched, paper noise and specks black.
+
+    The strokes are the pixels of the (lightly smoothed) strength over Otsu's
+    threshold, less specks (parts under 5% of the largest); their soft edges,
+    down to half the threshold, stay with them. Their 80th percentile is full ink.
+    """
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(strength, min(strength.shape) / 256)  # ~2 pixels at 512, none at 28
+    threshold = otsu_threshold(smooth)
+    if threshold <= 0:
+        return np.zeros_like(strength)
+    strokes, count = ndimage.label(smooth > threshold, structure=np.ones((3, 3)))
+    areas = np.bincount(strokes.ravel())[1:]
+    kept = 1 + np.flatnonzero(areas >= 0.05 * areas.max(initial=0))
+    edges, _ = ndimage.label(smooth > threshold / 2, structure=np.ones((3, 3)))
+    mask = np.isin(edges, np.unique(edges[np.isin(strokes, kept)]))
+    floor, full = threshold / 2, float(np.percentile(strength[np.isin(strokes, kept)], 80)) if count else 0.0
+    return np.where(mask & (edges > 0), np.clip((strength - floor) / max(full - floor, 1e-6), 0.0, 1.0), 0.0)
+
+
+def _resized(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Float pixels resized, anti-aliased: area averages when shrinking (no ringing), bilinear when enlarging."""
+    from PIL import Image
+
+    shrink = height * width < pixels.shape[0] * pixels.shape[1]
+    resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(pixels.astype(np.float32), mode="F").resize((width, height), resample), dtype=np.float32)
+
+
+def _fit_box(ink: np.ndarray, box: int) -> np.ndarray:
+    """``ink`` (0-1) scaled, aspect ratio kept and anti-aliased, so that its longer side is ``box`` pixels."""
+    height, width = ink.shape
+    scale = box / max(height, width)
+    return np.clip(_resized(ink, max(1, round(height * scale)), max(1, round(width * scale))), 0.0, 1.0)
+
+
+def _paste_centred(fitted: np.ndarray, side: int) -> np.ndarray:
+    """``fitted`` in a ``side`` x ``side`` black field, its centre of mass moved to the field's centre.
+
+    The shift is whole pixels and keeps the box inside the field (a box never
+    gets cut), so a lopsided digit may sit up to a pixel or two off.
+    """
+    from scipy import ndimage
+
+    field = np.zeros((side, side), np.float32)
+    height, width = fitted.shape
+    centre_y, centre_x = ndimage.center_of_mass(fitted)
+    top = int(np.clip(round((side - 1) / 2 - centre_y), 0, side - height))
+    left = int(np.clip(round((side - 1) / 2 - centre_x), 0, side - width))
+    field[top : top + height, left : left + width] = fitted
+    return field
+
+
+def normalize_mnist(image, dark_ink: bool | None = None) -> np.ndarray:
+    """A digit picture as MNIST's were made: (28, 28) float32, light ink 0-255 on black.
+
+    ``dark_ink``: the ink is darker than the paper (None: so when the picture's
+    border is light). The ink's bounding box is cropped, contrast stretched (its
+    strokes full white, paper noise below half Otsu's threshold black), scaled to
+    fit 20x20 keeping its aspect ratio and centred by its centre of mass in 28x28.
+    A picture without ink gives a black field.
+    """
+    scale = ANALYSIS_SIDE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale))) if scale < 1 else image.size
+    grey = convert_image(image, (size[1], size[0], 1))[..., 0].astype(np.float64)
+    if dark_ink is None:
+        dark_ink = _border_mean(grey) > 128
+    strength = ink_strength(grey, dark_ink)
+    ink = ink_levels(strength)
+    if not ink.any():
+        return np.zeros((MNIST_SIDE, MNIST_SIDE), np.float32)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return _paste_centred(_fit_box(ink, MNIST_BOX), MNIST_SIDE) * 255.0
+
+
+def normalized_input(image, shape: tuple[int, int, int], dark_ink: bool | None, light_background: bool = False) -> np.ndarray:
+    """:func:`normalize_mnist` as the model's input (H, W, C) float32 0-255: scaled to its size, grey or RGB.
+
+    ``light_background``: the model was trained on dark ink on light paper, so the result is inverted.
+    """
+    height, width, channels = shape
+    digit = normalize_mnist(image, dark_ink)
+    if (height, width) != digit.shape:
+        digit = np.clip(_resized(digit, height, width), 0.0, 255.0)
+    if light_background:
+        digit = 255.0 - digit
+    return np.repeat(digit[..., None], channels, axis=-1)
+
+
+def choose_normalize(normalize: str, prepared_dir: Path, shape: tuple[int, ...]) -> str:
+    """``--normalize``'s value, auto resolved: mnist when the project's data are an MNIST-like digit set of the model's shape."""
+    from digitlab.data.prepared import load_meta
+
+    if normalize != "auto":
+        return normalize
+    if not (prepared_dir / "meta.json").is_file():
+        return "none"
+    meta = load_meta(prepared_dir)
+    digits = meta.class_names == [str(i) for i in range(10)]
+    same_shape = tuple(meta.image_shape) == tuple(shape) == (MNIST_SIDE, MNIST_SIDE, 1)
+    return "mnist" if MNIST_LIKE.fullmatch(meta.dataset) and digits and same_shape else "none"
+
+
+def model_inputs(pictures: list, shape: tuple[int, int, int], invert: str, normalize: str, trained_dark: bool | None) -> tuple[np.ndarray, list[bool]]:
+    """The pictures as one batch of model inputs, and which of them were inverted.
+
+    ``normalize`` none: resized whole, inverted (``invert`` auto) when the picture's
+    border is light and the training images' dark. mnist: :func:`normalized_input`,
+    the ink taken dark on a light border (``invert`` auto), or always (yes) or never (no).
+    """
+    inputs, inverted = [], []
+    for picture in pictures:
+        if normalize == "mnist":
+            dark_ink = {"yes": True, "no": False}.get(invert)
+            if dark_ink is None:  # judged as without --normalize: by the border of the picture at the model's size
+                dark_ink = _border_mean(to_model_input(picture, (shape[0], shape[1], 1))) > 128
+            inputs.append(normalized_input(picture, shape, dark_ink, light_background=trained_dark is False))
+            inverted.append(dark_ink != (trained_dark is False))  # the result is light on dark unless trained the other way
+            continue
+        pixels = to_model_input(picture, shape)
+        flip = invert == "yes" or (trained_dark is True and _border_mean(pixels) > 128)
+        inputs.append(255.0 - pixels if flip else pixels)
+        inverted.append(flip)
+    return np.stack(inputs), inverted
 
 
 def load_model(spec: str, project: Project):
@@ -201,12 +379,16 @@ def class_names_for(num_outputs: int, prepared_dir: Path) -> list[str] | None:
     return names if len(names) == num_outputs else None
 
 
-def predict(images: list[Path], model_spec: str = DEFAULT_MODEL, top_k: int = DEFAULT_TOP_K, invert: str = "auto", root: Path | None = None) -> list[Prediction]:
+def predict(
+    images: list[Path], model_spec: str = DEFAULT_MODEL, top_k: int = DEFAULT_TOP_K, invert: str = "auto", root: Path | None = None, normalize: str = "auto"
+) -> list[Prediction]:
     """Classify ``images``; each with its ``top_k`` most probable classes."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise DigitlabError(f"--top-k {top_k} is not valid: expected a whole number of at least 1")
     if invert not in ("auto", "yes", "no"):
         raise DigitlabError(f"--invert {invert} is not valid: expected auto, yes or no")
+    if normalize not in NORMALIZE_CHOICES:
+        raise DigitlabError(f"--normalize {normalize} is not valid: expected auto, mnist or none")
     # Cheap checks first: a typo in an image name fails before the model loads.
     pictures = [read_image(Path(path)) for path in images]
     project = project_settings(root or project_root())
@@ -215,26 +397,24 @@ def predict(images: list[Path], model_spec: str = DEFAULT_MODEL, top_k: int = DE
     shape = tuple(int(d) for d in model.input_shape[1:])
     if len(shape) != 3:
         raise DigitlabError(f"--model {model_spec} takes inputs of shape {shape}, expected images (height, width, channels)")
-    trained_dark = dark_background(prepared_dir) if invert == "auto" else None
-    inputs, inverted = [], []
-    for picture in pictures:
-        pixels = to_model_input(picture, shape)
-        flip = invert == "yes" or (trained_dark is True and _border_mean(pixels) > 128)
-        inputs.append(255.0 - pixels if flip else pixels)
-        inverted.append(flip)
-    probabilities = np.asarray(model.predict(np.stack(inputs), verbose=0), dtype=np.float64)
+    normalize = choose_normalize(normalize, prepared_dir, shape)
+    trained_dark = dark_background(prepared_dir) if invert == "auto" or normalize == "mnist" else None
+    inputs, inverted = model_inputs(pictures, shape, invert, normalize, trained_dark)
+    probabilities = np.asarray(model.predict(inputs, verbose=0), dtype=np.float64)
     names = class_names_for(probabilities.shape[1], prepared_dir) or [str(i) for i in range(probabilities.shape[1])]
     k = min(top_k, probabilities.shape[1])
     predictions = []
     for path, row, flip in zip(images, probabilities, inverted):
         order = np.argsort(-row, kind="stable")[:k]
-        predictions.append(Prediction(Path(path), [(names[i], float(row[i])) for i in order], flip))
+        predictions.append(Prediction(Path(path), [(names[i], float(row[i])) for i in order], flip, normalize == "mnist"))
     return predictions
 
 
 def _run(args: argparse.Namespace) -> None:
-    for prediction in predict(args.images, args.model, args.top_k, args.invert):
-        note = " (colours inverted: light background)" if prediction.inverted else ""
+    for prediction in predict(args.images, args.model, args.top_k, args.invert, normalize=args.normalize):
+        notes = ["colours inverted: light background"] if prediction.inverted else []
+        notes += ["normalised as MNIST"] if prediction.normalized else []
+        note = f" ({'; '.join(notes)})" if notes else ""
         print(f"{prediction.image}: {prediction.label}{note}")
         for name, probability in prediction.top:
             print(f"  {name:>12}  {probability:7.2%}")
@@ -255,6 +435,15 @@ def add_predict_command(commands: argparse._SubParsersAction) -> None:
         "--invert",
         choices=("auto", "yes", "no"),
         default="auto",
-        help="invert the image's colours; auto: when the image has a light background but the training images a dark one (MNIST)",
+        help="invert the image's colours; auto: when the image has a light background but the training images a dark one (MNIST); "
+        "with --normalize mnist, yes/no say whether the ink is dark (auto: when the image's border is light)",
+    )
+    parser.add_argument(
+        "--normalize",
+        default="auto",
+        metavar="{auto,mnist,none}",
+        help="mnist: crop the digit's ink, scale it to fit 20x20 (aspect kept) and centre it by its mass in 28x28, as MNIST's digits were made "
+        "(then scaled to the model's input size); none: resize the whole image; auto (default): mnist when the project's prepared data "
+        "are an MNIST-like digit set (mnist, mnist_5k, mnist_1k) of the model's input shape, else none",
     )
     parser.set_defaults(handler=_run)
