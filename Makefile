@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast params bench ui stack-up stack-down stack-status clean-venv
+.PHONY: setup repro test test-fast params bench bench-tracking ui stack-up stack-down stack-status clean-venv
 
 # Create the virtual environment and install digitlab (with test tools) into it.
 $(STAMP): pyproject.toml
@@ -33,6 +33,10 @@ params: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Concurrent writers against the SQLite store, mlflow server on SQLite and the team stack (benchmarks/RESULTS.md).
+bench-tracking: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.tracking_load $(BENCH_ARGS)
 
 # The MLflow UI over the project's store, at http://127.0.0.1:5000
 ui: $(STAMP)

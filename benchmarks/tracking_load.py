@@ -10,7 +10,10 @@ side in one run:
   (digitlab's default, single user);
 - ``server-sqlite``: ``mlflow server`` on a SQLite file, artifacts on disk;
 - ``server-postgresql``: the team stack (``digitlab stack up``): ``mlflow
-  server`` (basic auth) on PostgreSQL, artifacts proxied to S3 (moto).
+  server`` (basic auth) on PostgreSQL, artifacts proxied to S3 (moto);
+- ``server-postgresql-noauth``: the same with ``--auth none``, which shows what
+  MLflow's basic-auth app costs per call (it checks the password's hash on
+  every request).
 
 Reported per store and writer count: metrics/s over the logging phase, p50 and
 p99 latency per call, errors (calls that raised), metrics lost (logged without
@@ -42,7 +45,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
-STORES = ("sqlite", "server-sqlite", "server-postgresql")
+STORES = ("sqlite", "server-sqlite", "server-postgresql", "server-postgresql-noauth")
 SECTION_START, SECTION_END = "<!-- tracking-load: benchmarks/tracking_load.py -->", "<!-- /tracking-load -->"
 
 
@@ -174,14 +177,14 @@ def server_sqlite_target(work: Path, workers: int) -> Target:
     return Target("server-sqlite", url, [server.pid], stop=stop)
 
 
-def stack_target(work: Path) -> Target:
+def stack_target(work: Path, workers: int, auth: bool = True) -> Target:
     """The team stack in a folder of its own (PostgreSQL reachable by its user when we run as root)."""
     stack = Path(tempfile.mkdtemp(prefix="digitlab-load-stack-"))
     stack.chmod(0o755)
     env = {**os.environ, "DIGITLAB_STACK_DIR": str(stack), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     digitlab = [sys.executable, "-m", "digitlab.cli", "stack"]
     port = str(free_port())
-    subprocess.run([*digitlab, "up", "--dir", str(stack), "--port", port], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*digitlab, "up", "--dir", str(stack), "--port", port, "--workers", str(workers), "--auth", "basic" if auth else "none"], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
     state = json.loads((stack / "state.json").read_text())
     services = state["services"]
     os.environ["DIGITLAB_STACK_DIR"] = str(stack)
@@ -194,7 +197,7 @@ def stack_target(work: Path) -> Target:
         shutil.rmtree(stack, ignore_errors=True)
 
     postgres = services.get("postgres", {}).get("pid")
-    return Target("server-postgresql", services["mlflow"]["url"], [services["mlflow"]["pid"]], [postgres] if postgres else [], stop)
+    return Target("server-postgresql" if auth else "server-postgresql-noauth", services["mlflow"]["url"], [services["mlflow"]["pid"]], [postgres] if postgres else [], stop)
 
 
 # -- one measurement -----------------------------------------------------------------------------------------
@@ -303,7 +306,7 @@ def make_target(store: str, work: Path, workers: int) -> Target:
         return sqlite_target(work)
     if store == "server-sqlite":
         return server_sqlite_target(work, workers)
-    return stack_target(work)
+    return stack_target(work, workers, auth=store == "server-postgresql")
 
 
 def main(argv: list[str] | None = None) -> None:

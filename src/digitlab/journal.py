@@ -136,7 +136,8 @@ class Journal:
 
     @property
     def pending(self) -> int:
-        return self._count - delivered(self.directory)
+        """Entries not delivered yet, this process's and any other writer's of the run."""
+        return len(read_entries(self.directory)) - delivered(self.directory)
 
     @property
     def model_uri(self) -> str | None:
@@ -155,22 +156,37 @@ class Journal:
             if self.pending:
                 return False
             self._closed_state = _state(self.directory)
-            shutil.rmtree(self.directory, ignore_errors=True)
+            if self._writer.is_locked:  # else another writer holds it, and removes it when it closes
+                shutil.rmtree(self.directory, ignore_errors=True)
             return True
         finally:
             self._writer.release()
 
 
 def _claim(directory: Path):
-    """This process writes the journal now: ``digitlab sync`` must not remove it under its feet."""
+    """This process writes the journal now: ``digitlab sync`` must not remove it under its feet.
+
+    Another writer of the same run (two queued experiments evaluating one cached training)
+    may close the journal, delivered, and remove its folder while this one waits for the
+    lock: then the folder is made again and claimed anew.
+    """
     from filelock import FileLock, Timeout
 
-    lock = FileLock(directory / ".writer.lock")
-    try:
-        lock.acquire(timeout=30)
-    except Timeout:
-        log.warning("journal %s is held by another process; appending anyway", directory)
-    return lock
+    deadline = time.monotonic() + 30
+    while True:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(directory / ".writer.lock")
+        try:
+            lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        except FileNotFoundError:  # the folder was removed between mkdir and open
+            continue
+        except Timeout:
+            log.warning("journal %s is held by another process; appending anyway", directory)
+            directory.mkdir(parents=True, exist_ok=True)
+            return lock
+        if (directory / ".writer.lock").exists():
+            return lock
+        lock.release()  # held the lock of a removed folder: its last writer closed it
 
 
 def _trim_torn_tail(path: Path) -> None:
