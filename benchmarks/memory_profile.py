@@ -25,9 +25,15 @@ OURS = ("/digitlab/", "/pipeline/")
 IMPORT_FRAMES = ("_find_and_load", "_call_with_frames_removed")
 
 
-def memray_command(capture: Path, module_args: list[str]) -> list[str]:
-    """``module_args`` (``-m module ...``) run under memray, recording native stacks, aggregated into ``capture``."""
-    return [sys.executable, "-m", "memray", "run", "--native", "--aggregate", "--quiet", "--output", str(capture), *module_args]
+def memray_command(capture: Path, module_args: list[str], native: bool = True) -> list[str]:
+    """``module_args`` (``-m module ...``) run under memray, aggregated into ``capture``.
+
+    ``native`` records native stacks too, for the flame graph (``breakdown``
+    reads Python frames only); drawing them resolves the symbols of
+    TensorFlow's libraries, minutes of work that ``--quick`` skips.
+    """
+    return [sys.executable, "-m", "memray", "run", *(["--native"] if native else []), "--aggregate", "--quiet",
+            "--output", str(capture), *module_args]  # fmt: skip
 
 
 def write_flamegraph(capture: Path, html: Path) -> None:

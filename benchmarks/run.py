@@ -26,7 +26,7 @@ Everything runs in temporary copies of the project under ``--work-dir``;
 ``benchmarks/results.json`` and ``benchmarks/RESULTS.md`` are written at the
 end (``--out-dir``). ``--quick`` runs every part on tiny data (scikit-learn's
 8x8 digits, 1 epoch, 1 repetition): it checks the harness, its numbers mean
-nothing.
+nothing (and its memray capture has no native frames: drawing those takes minutes).
 """
 
 from __future__ import annotations
@@ -295,12 +295,23 @@ def measure_caching(work: Path, dataset: str, epochs: int, noop_repeats: int) ->
     """Time ``dvc repro`` with everything cached and after one parameter of one model changed."""
     overrides = [f"dataset={dataset}", *(f"models.{model}.training.epochs={epochs}" for model in MODELS)]
     project = make_project(work / "project-caching", overrides)
-    logs = work / "logs" / "caching"
     log(f"caching: first dvc repro of the whole pipeline on {dataset} ({epochs} epochs per model)")
-    first = run_process(["dvc", "repro"], project, logs / "repro-first.log")
+    return {"dataset": dataset, "epochs": epochs, **time_repros(project, overrides, noop_repeats, work / "logs" / "caching")}
+
+
+def time_repros(project: Path, overrides: list[str], noop_repeats: int, logs: Path, env: dict[str, str] | None = None) -> dict:
+    """The caching part's measurements on ``project``, a git + DVC project composed from ``overrides`` and never run.
+
+    A first ``dvc repro``, ``noop_repeats`` no-op ones, then one with the
+    linear recipe's learning rate doubled (params.yaml recomposed from
+    ``overrides`` and that change, which stays in the workspace): wall times
+    and the stages DVC ran, its output in ``logs/repro-*.log``.
+    ``tests/test_pipeline_e2e.py`` runs this on its project as its first repro.
+    """
+    first = run_process(["dvc", "repro"], project, logs / "repro-first.log", env)
     noop = []
     for repeat in range(1, noop_repeats + 1):
-        process = run_process(["dvc", "repro"], project, logs / f"repro-noop-{repeat}.log")
+        process = run_process(["dvc", "repro"], project, logs / f"repro-noop-{repeat}.log", env)
         noop.append({"wall_s": process.wall_s, "stages_ran": stages_ran(process.output)})
     noop_s = statistics.median(run["wall_s"] for run in noop)
     log(f"caching: no-op dvc repro {noop_s:.2f}s (median of {noop_repeats})")
@@ -310,13 +321,11 @@ def measure_caching(work: Path, dataset: str, epochs: int, noop_repeats: int) ->
     learning_rate = OmegaConf.load(project / "params.yaml").models.linear.optimizer.learning_rate
     change = f"models.linear.optimizer.learning_rate={learning_rate * 2:g}"
     write_params(project, [*overrides, change])
-    changed = run_process(["dvc", "repro"], project, logs / "repro-change.log")
+    changed = run_process(["dvc", "repro"], project, logs / "repro-change.log", env)
     expected = ["evaluate@linear", "report", "train@linear"]
     ran = stages_ran(changed.output)
     log(f"caching: after {change}: dvc repro {changed.wall_s:.1f}s, stages run: {', '.join(ran) or 'none'}")
     return {
-        "dataset": dataset,
-        "epochs": epochs,
         "first_repro_s": first.wall_s,
         "first_stages_ran": stages_ran(first.output),
         "noop": noop,
@@ -333,8 +342,8 @@ def import_floor_rss_mb(project: Path, modules: str, work: Path) -> float:
     return run_process(python("-c", f"import {modules}"), project, work / "logs" / "memory" / f"import-{name}.log").peak_rss_mb
 
 
-def _profile(project: Path, model: str, work: Path) -> dict:
-    """memray's view of one epoch of ``model``: where the heap is at its peak."""
+def _profile(project: Path, model: str, work: Path, native: bool) -> dict:
+    """memray's view of one epoch of ``model``: where the heap is at its peak (``native``: native frames too)."""
     try:
         import memray  # noqa: F401
     except ImportError:
@@ -347,9 +356,9 @@ def _profile(project: Path, model: str, work: Path) -> dict:
     capture.unlink(missing_ok=True)  # memray refuses to overwrite
     overrides = [f"models.{model}.training.epochs=1"]
     args = train_module_args("params.yaml", model, directory / f"profiled-{model}", overrides)
-    run_process(memray_command(capture, args), project, work / "logs" / "memory" / f"memray-{model}.log")
+    run_process(memray_command(capture, args, native), project, work / "logs" / "memory" / f"memray-{model}.log")
     write_flamegraph(capture, flamegraph)
-    profile = {"model": model, "overrides": overrides, "flamegraph": str(flamegraph), **breakdown(capture)}
+    profile = {"model": model, "overrides": overrides, "native": native, "flamegraph": str(flamegraph), **breakdown(capture)}
     log(f"memory {model}: heap peak {profile['peak_heap_mb']:.0f} MB under memray: {profile['imports_mb']:.0f} MB "
         f"imports, {profile['work_mb']:.0f} MB work; flame graph {profile['flamegraph']}")  # fmt: skip
     return profile
@@ -412,7 +421,7 @@ def _quick_overrides(params: Path, model: str) -> list[str]:
 
 
 def measure_memory(project: Path, accuracy: dict | None, overhead: dict | None, models: list[str], work: Path,
-                   dataset_info: dict) -> dict:  # fmt: skip
+                   dataset_info: dict, native: bool = True) -> dict:  # fmt: skip
     """Peak RSS of the default train stage on the dataset next to its float32 training images.
 
     Beside it: the RSS of processes that only import TensorFlow (and Keras and
@@ -446,7 +455,7 @@ def measure_memory(project: Path, accuracy: dict | None, overhead: dict | None, 
         }
         log(f"memory {model}: peak RSS {rss:.0f} MB = {rss / arrays_mb:.1f}x the float32 training images ({arrays_mb:.0f} MB), "
             f"{max(rss - floor, 0.0) / arrays_mb:.1f}x above the import floor")  # fmt: skip
-    profiles = {model: _profile(project, model, work) for model in models}
+    profiles = {model: _profile(project, model, work, native) for model in models}
     return {
         "dataset": dataset_info["dataset"],
         "profiles": profiles,
@@ -713,7 +722,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "memory" in args.parts:
             project = dataset_project(work, args.dataset, projects)
             results["memory"] = measure_memory(project, results.get("accuracy"), results.get("overhead"), args.models, work,
-                                               prepared_info(project))  # fmt: skip
+                                               prepared_info(project), native=not args.quick)  # fmt: skip
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

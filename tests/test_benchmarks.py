@@ -3,6 +3,10 @@
 Quick mode: scikit-learn's 8x8 digits, 1 epoch, 1 repetition, real DVC, MLflow
 and TensorFlow in temporary project copies. No timing is asserted: only that
 every part measures something and writes results.json and RESULTS.md.
+
+The caching part is checked by tests/test_pipeline_e2e.py, whose first and
+no-op repros it runs (``benchmarks.run.time_repros``): a project of its own
+here would repeat that pipeline run.
 """
 
 from __future__ import annotations
@@ -65,18 +69,6 @@ def test_overhead_memory_and_accuracy_parts_measure_and_report(tmp_path: Path) -
     assert all(isinstance(row["met"], bool) for row in results["targets"])
     for heading in ("| target | measured | met |", "## Overhead", "## Memory", "heap is at its peak", "## Accuracy", "tutorial_linear"):
         assert heading in markdown
-
-
-def test_caching_part_reruns_only_the_changed_model(tmp_path: Path) -> None:
-    results, markdown = bench(tmp_path, "--parts", "caching", "--noop-repeats", "1")
-
-    caching = results["caching"]
-    assert len(caching["first_stages_ran"]) == 9  # download, preprocess, 3 x train, 3 x evaluate, report
-    assert [run_["stages_ran"] for run_ in caching["noop"]] == [[]]
-    assert caching["noop_repro_s"] > 0
-    assert caching["change"]["stages_ran"] == ["evaluate@linear", "report", "train@linear"]
-    assert caching["change"]["only_expected_ran"] is True
-    assert "## Caching" in markdown and "no-op" in markdown
 
 
 def test_unknown_part_is_refused_before_any_work(tmp_path: Path) -> None:
