@@ -188,6 +188,8 @@ def stack_target(work: Path, workers: int, auth: bool = True) -> Target:
     state = json.loads((stack / "state.json").read_text())
     services = state["services"]
     os.environ["DIGITLAB_STACK_DIR"] = str(stack)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # an earlier stack's login
+        os.environ.pop(name, None)
     from digitlab.stack.client import use_stack_credentials
 
     use_stack_credentials(services["mlflow"]["url"])  # the writers inherit MLFLOW_TRACKING_USERNAME/PASSWORD
@@ -260,7 +262,7 @@ def markdown(results: list[Result], args: argparse.Namespace, started: str) -> s
         "## Tracking store under load",
         "",
         f"Run {started} on {cpu}, {os.cpu_count()} cores. Command: `python -m benchmarks.tracking_load "
-        f"--writers {' '.join(map(str, args.writers))} --steps {args.steps}`. Each writer process: one run, {args.steps} steps x "
+        f"--writers {' '.join(map(str, args.writers))} --steps {args.steps} --retries {args.retries}`. Each writer process: one run, {args.steps} steps x "
         f"{len(METRICS)} metrics (one `log_batch` per step), one 1 MB artifact; all start together. "
         f"Servers: `mlflow server --workers {args.server_workers}`. Lost = metrics missing from the store afterwards.",
         "",
@@ -297,6 +299,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES))
     parser.add_argument("--server-workers", type=int, default=4, help="mlflow server --workers")
+    parser.add_argument("--retries", type=int, default=2, help="MLFLOW_HTTP_REQUEST_MAX_RETRIES of the writers (digitlab's stages: 2)")
     parser.add_argument("--out-dir", type=Path, default=HERE)
     return parser.parse_args(argv)
 
@@ -312,7 +315,9 @@ def make_target(store: str, work: Path, workers: int) -> Target:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an error is an error, not a retried call
+    # The client's retries as digitlab's stages set them (tracking.configure): an error is a call that failed after them.
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(args.retries)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # as digitlab's stages: its thread races log_batch
     results = []
     for store in args.stores:
         for writers in args.writers:

@@ -1,143 +1,26 @@
 """`digitlab stack`: real PostgreSQL, moto_server and mlflow server, started, checked and stopped by the command.
 
-One stack per module (per xdist worker): starting it costs most of the time. Every test
-leaves it up. As root, PostgreSQL runs as the user ``postgres``, so the stack's folder is
-a world-traversable temporary folder, not pytest's private tmp_path.
+The stack is the session's (tests/stack_fixtures.py), shared with tests/test_team.py: every
+test leaves it up (one that stops a service starts it again).
 """
 
 from __future__ import annotations
 
-import configparser
-import dataclasses
-import json
 import os
-import shutil
 import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from digitlab.cli import main as digitlab_main
 
-from .conftest import ROOT, free_port, run
+from .conftest import ROOT, run
+from .stack_fixtures import CLIENT_ENV, DIGITLAB, Stack, ended, needs_stack, stack, stack_pids  # noqa: F401 (stack: the fixture)
 
-DIGITLAB = str(Path(sys.executable).parent / "digitlab")
-CLIENT_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DIGITLAB_STACK_DIR")
 CONNECT_TIMEOUT = 3
-
-
-def stack_unavailable() -> str | None:
-    """Why the stack can't run on this machine, or None."""
-    from digitlab.errors import DigitlabError
-    from digitlab.stack import postgres
-
-    try:
-        bindir = postgres.bindir()
-    except DigitlabError as error:
-        return str(error)
-    if not (bindir / "initdb").exists():
-        return f"no initdb in {bindir} (apt-get install postgresql)"
-    if os.geteuid() == 0 and (not shutil.which("runuser") or run(["id", postgres.RUN_AS], ROOT, check=False).returncode):
-        return f"running as root without runuser or a user {postgres.RUN_AS!r} to run PostgreSQL"
-    for module, package in (("psycopg", "psycopg[binary]"), ("boto3", "boto3"), ("flask_wtf", "mlflow[auth]")):
-        try:
-            __import__(module)
-        except ImportError:
-            return f"{package} is not installed (pip install -e '.[team]')"
-    if not (Path(sys.executable).parent / "moto_server").exists():
-        return "moto_server is not installed (pip install -e '.[team]')"
-    return None
-
-
-def require_stack() -> None:
-    """Skip (printing why) when the stack's tools are missing; under CI (env CI set) that is a failure."""
-    reason = stack_unavailable()
-    if reason is None:
-        return
-    print(f"team stack unavailable: {reason}")
-    if os.environ.get("CI"):
-        pytest.fail(f"team stack unavailable under CI: {reason}")
-    pytest.skip(f"team stack unavailable: {reason}")
-
-
-@dataclasses.dataclass
-class Stack:
-    dir: Path
-    project: Path
-    url: str
-
-    def state(self) -> dict:
-        return json.loads((self.dir / "state.json").read_text())
-
-    def login(self) -> tuple[str, str]:
-        section = configparser.ConfigParser(interpolation=None)
-        section.read(self.dir / "secrets" / "mlflow-credentials")
-        return section["mlflow"]["mlflow_tracking_username"], section["mlflow"]["mlflow_tracking_password"]
-
-    def command(self, *args: str, check: bool = True, env: dict | None = None):
-        clean = {name: "" for name in CLIENT_ENV}
-        result = run([DIGITLAB, "stack", *args, "--dir", str(self.dir)], self.project, env={**clean, **(env or {})}, check=False,
-                     timeout=400)  # fmt: skip
-        if check and result.returncode != 0:
-            raise AssertionError(f"digitlab stack {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def s3(self):
-        from digitlab.stack import s3
-        from digitlab.stack.layout import Layout
-
-        return s3.client(self.state()["services"]["s3"]["endpoint"], Layout(self.dir), False)
-
-
-def stack_pids(stack: Stack) -> list[psutil.Process]:
-    """Every process of the stack: the recorded pids and all their children."""
-    found = []
-    for entry in stack.state()["services"].values():
-        try:
-            process = psutil.Process(entry["pid"])
-            found += [process, *process.children(recursive=True)]
-        except (psutil.NoSuchProcess, KeyError, TypeError):
-            continue
-    return found
-
-
-def ended(process: psutil.Process) -> bool:
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE  # gone, waiting for a parent (PID 1 here) to reap it
-    except psutil.NoSuchProcess:
-        return True
-
-
-@pytest.fixture(scope="module")
-def stack() -> Stack:
-    require_stack()
-    base = Path(tempfile.mkdtemp(prefix="digitlab-stack-"))
-    base.chmod(0o755)  # the user postgres must reach DIR/postgres when the tests run as root
-    project = base / "project"
-    project.mkdir()
-    (project / "dvc.yaml").write_text("stages: {}\n")
-    run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], project)
-    port = free_port()
-    stack = Stack(base / "stack", project, f"http://127.0.0.1:{port}")
-    try:
-        result = stack.command("up", "--port", str(port), "--workers", "1")  # one worker: half the start-up on 2 cores
-        assert "MLflow UI and tracking server" in result.stdout and stack.url in result.stdout, result.stdout
-        yield stack
-    finally:
-        stack.command("down", check=False)
-        for process in stack_pids(stack) if (stack.dir / "state.json").exists() else []:
-            process.kill()  # only if down failed: the next test run must not find them
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def needs_stack(test):
-    """A test of the running stack (the module's): slow, and marked ``stack`` (-m "not stack" leaves them out)."""
-    return pytest.mark.slow(pytest.mark.stack(test))
 
 
 @needs_stack
@@ -183,9 +66,13 @@ def test_up_again_reuses_the_services_and_the_bucket_is_the_dvc_remote(stack: St
     (stack.project / "data.txt").write_text("tracked by DVC\n")
     dvc = str(Path(sys.executable).parent / "dvc")
     run([dvc, "add", "-q", "data.txt"], stack.project)
+
+    def keys() -> set[str]:  # the session's stack: tests/test_team.py may have pushed before
+        return {item["Key"] for item in stack.s3().list_objects_v2(Bucket="digitlab", Prefix="dvc/").get("Contents", [])}
+
+    before = keys()
     run([dvc, "push", "-q"], stack.project)
-    keys = [item["Key"] for item in stack.s3().list_objects_v2(Bucket="digitlab", Prefix="dvc/").get("Contents", [])]
-    assert len(keys) == 1, keys
+    assert len(keys() - before) == 1, keys() - before
 
 
 def runs_command(stack: Stack, env: dict[str, str]):

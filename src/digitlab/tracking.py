@@ -225,6 +225,9 @@ def configure(tracking: TrackingSettings) -> str:
     check_reachable(uri, tracking.connect_timeout)
     use_stack_credentials(uri)  # the server of this machine's `digitlab stack`: its login, unless one is set
     check_server(uri, tracking.connect_timeout)
+    # No usage reports from a tool that runs offline; MLflow 3's telemetry thread also races the client
+    # (KeyError '_MLFLOW_TELEMETRY_SESSION_ID' in a log_batch under load: benchmarks/tracking_load.py).
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Keep a dead server from stalling a run for minutes in MLflow's retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(tracking.connect_timeout * 3)))

@@ -1,0 +1,276 @@
+"""Team mode used for real, end to end, on 127.0.0.1: a project's pipeline, its data and its models on the stack.
+
+One project (a git clone of this repository plus its uncommitted work, tiny settings on
+the 8x8 digits) runs its pipeline once against the session's stack
+(tests/stack_fixtures.py): the runs, artifacts and registered model land in the
+stack's PostgreSQL and bucket, a second clone pulls the data and models from the
+bucket (DVC remote ``team``) and has nothing to recompute, two queued experiments
+and a two-job sweep log to the server at once, and four first-time writers create a
+fresh PostgreSQL store together.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, run
+from .stack_fixtures import CLIENT_ENV, Stack, needs_stack, stack  # noqa: F401 (stack: the fixture)
+from .test_pipeline_e2e import TINY, stages_run, wait_for_queue
+
+EXPERIMENT = "digitlab-digits"  # tracking.experiment null: digitlab-<dataset>
+REGISTERED = "digitlab-digits"  # report.registered_model_name: digitlab-${dataset.name}
+EPOCHS = {"linear": 2, "mlp": 2, "cnn": 1}  # TINY's
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+
+
+def team_env(stack: Stack) -> dict[str, str]:
+    """A user's environment on the stack's machine: no login of their own, the stack found through $DIGITLAB_STACK_DIR."""
+    return {**{name: "" for name in CLIENT_ENV}, "DIGITLAB_STACK_DIR": str(stack.dir)}
+
+
+def make_project(project: Path) -> None:
+    """A git clone of this repository's HEAD with the uncommitted work copied over, on TINY settings, committed."""
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+    for name in ("conf", "pipeline", "src", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.rmtree(project / name)
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, project / name)
+    (project / "conf" / "experiment" / "tiny.yaml").write_text(TINY)
+    config = project / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: tiny"))
+    run(["digitlab", "params"], project)
+    run([*GIT, "add", "-A"], project)
+    run([*GIT, "commit", "-qm", "tiny settings"], project)
+
+
+def pipeline_run(stack: Stack, project: Path) -> dict:
+    """The project, the stack's bucket its DVC remote, after one `dvc exp run` of the whole pipeline on the stack."""
+    stack.ensure_up()
+    make_project(project)
+    env = team_env(stack)
+    up = stack.command("up", cwd=project)  # reuses the running services; writes the project's DVC remote
+    assert up.stdout.count("already running") == 3, up.stdout
+    assert "s3://digitlab/dvc" in (project / ".dvc" / "config.local").read_text()
+    experiment = run(["dvc", "exp", "run", "-S", "tracking=team", "-S", f"tracking.uri={stack.url}", "-S", "report.register_alias=champion"],
+                     project, env=env, check=False, timeout=900)  # fmt: skip
+    return {"project": project, "env": env, "experiment": experiment}
+
+
+@pytest.fixture
+def client(stack: Stack, monkeypatch: pytest.MonkeyPatch):
+    """An MLflow client of the stack's server, logged in with the stack's login."""
+    import mlflow
+
+    stack.ensure_up()
+    user, password = stack.login()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    return mlflow.MlflowClient(tracking_uri=stack.url, registry_uri=stack.url)
+
+
+def write_digit_png(path: Path) -> Path:
+    """An 8x8 grey PNG of the first of scikit-learn's digits (a 0), as a user's own image."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    pixels = (load_digits().images[0] * (255.0 / 16.0)).round().astype(np.uint8)
+    Image.fromarray(pixels, mode="L").save(path)
+    return path
+
+
+@needs_stack
+@pytest.mark.timeout(2400)  # one sequential story: a pipeline run, a second clone, a 2-job queue, a 2-job sweep
+def test_a_project_on_the_team_stack(stack: Stack, client, tmp_path: Path):
+    """One test, run in order: the pipeline's runs, artifacts and champion on the stack; a second clone pulls
+    everything and recomputes nothing; two queued experiments and a two-job sweep at once. (One test, not a
+    module fixture shared by several: ``--dist loadgroup`` does not group with pytest 9.2 and xdist 3.8,
+    pytest-xdist#1386, and tests spread over workers would each run the pipeline.)"""
+    team = pipeline_run(stack, tmp_path / "project")
+    logs_runs_artifacts_and_champion(team, stack, client, tmp_path)
+    second_clone_pulls_everything_and_recomputes_nothing(team, stack, tmp_path)
+    queued_experiments_and_a_sweep_at_once(team, stack, client)
+
+
+def logs_runs_artifacts_and_champion(team: dict, stack: Stack, client, tmp_path: Path) -> None:
+    result = team["experiment"]
+    assert result.returncode == 0, f"dvc exp run exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    expected = {"download", "preprocess", *(f"{s}@{m}" for s in ("train", "evaluate") for m in EPOCHS), "report"}
+    assert stages_run(result.stdout) == expected
+
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None, [e.name for e in client.search_experiments()]
+    found = client.search_runs([experiment.experiment_id])
+    training = {run_.data.tags.get("model"): run_ for run_ in found if run_.data.tags.get("model") in EPOCHS}
+    assert sorted(training) == sorted(EPOCHS), [(r.info.run_name, r.data.tags.get("model")) for r in found]
+    for model, run_ in training.items():
+        assert run_.info.status == "FINISHED", (model, run_.info.status)
+        history = client.get_metric_history(run_.info.run_id, "val_accuracy")
+        steps = sorted(point.step for point in history)  # before training (0), then one per epoch
+        assert steps == list(range(EPOCHS[model] + 1)), (model, steps)
+        assert 0.0 <= run_.data.metrics["test_accuracy"] <= 1.0, (model, run_.data.metrics)
+    (report,) = [run_ for run_ in found if run_.info.run_name == "report"]
+    assert report.info.status == "FINISHED"
+
+    # Artifacts went through the server into the bucket, under mlflow/.
+    keys = []
+    for page in stack.s3().get_paginator("list_objects_v2").paginate(Bucket="digitlab", Prefix="mlflow/"):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    for run_ in (*training.values(), report):
+        assert any(f"/{run_.info.run_id}/" in key for key in keys), (run_.info.run_name, len(keys))
+    assert any(key.endswith("model.keras") for key in keys), "no logged Keras model in the bucket"
+
+    champion = client.get_model_version_by_alias(REGISTERED, "champion")
+    assert champion.run_id in {run_.info.run_id for run_ in training.values()}
+
+    # A user predicts with the champion from the registry: the server hands the model over from the bucket.
+    image = write_digit_png(tmp_path / "digit.png")
+    predicted = run(["digitlab", "predict", str(image), "--model", f"models:/{REGISTERED}@champion"], team["project"], env=team["env"],
+                    check=False, timeout=300)  # fmt: skip
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    assert re.search(rf"^{re.escape(str(image))}: [0-9]\b", predicted.stdout, re.MULTILINE), predicted.stdout
+
+
+def second_clone_pulls_everything_and_recomputes_nothing(team: dict, stack: Stack, tmp_path: Path) -> None:
+    project, env = team["project"], team["env"]
+    stack.ensure_up()
+    run(["dvc", "push"], project, env=env, timeout=300)
+    run([*GIT, "add", "-A"], project)
+    run([*GIT, "commit", "-qm", "pipeline run on the team stack"], project)
+    dvc_keys = stack.s3().list_objects_v2(Bucket="digitlab", Prefix="dvc/").get("KeyCount", 0)
+    assert dvc_keys > 0
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    up = stack.command("up", cwd=clone)
+    assert up.stdout.count("already running") == 3, up.stdout
+    run(["dvc", "pull"], clone, env=env, timeout=300)
+    assert (clone / "data" / "prepared" / "meta.json").is_file()
+    for model in EPOCHS:
+        assert (clone / "models" / model / "model.keras").stat().st_size > 0
+    status = run(["dvc", "status"], clone, env=env)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+    repro = run(["dvc", "repro"], clone, env=env, timeout=300)
+    assert stages_run(repro.stdout) == set(), repro.stdout
+    assert "Data and pipelines are up to date" in repro.stdout, repro.stdout
+
+
+def queued_experiments_and_a_sweep_at_once(team: dict, stack: Stack, client) -> None:
+    project, env = team["project"], team["env"]
+    stack.ensure_up()
+    epochs = {"team-q1": 1, "team-q3": 3}
+    for name, count in epochs.items():
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", "tracking=team", "-S", f"tracking.uri={stack.url}",
+             "-S", f"models.linear.training.epochs={count}"], project, env=env)  # fmt: skip
+    run(["dvc", "queue", "start", "-j", "2"], project, env=env)
+    status = wait_for_queue(project, env)
+    for name in epochs:
+        line = next((line for line in status.splitlines() if name in line), "")
+        assert "Success" in line, f"{name}:\n{status}\n{run(['dvc', 'queue', 'logs', name], project, env=env, check=False).stdout[-4000:]}"
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    for name, count in epochs.items():
+        found = client.search_runs([experiment.experiment_id], filter_string=f"tags.dvc_experiment = '{name}'")
+        (linear,) = [run_ for run_ in found if run_.data.tags.get("model") == "linear"]
+        assert linear.info.status == "FINISHED"
+        assert sorted(point.step for point in client.get_metric_history(linear.info.run_id, "val_accuracy")) == list(range(count + 1))
+
+    # A Hydra sweep, two jobs at once (joblib), on the project's prepared data.
+    assert (project / "data" / "prepared" / "meta.json").is_file()
+    run([sys.executable, "-m", "pipeline.train", "-m", "model=linear,mlp", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+         "hydra.sweep.dir=multirun/team", "tracking=team", f"tracking.uri={stack.url}", "tracking.experiment=team-sweep",
+         "tracking.log_models=false", "models.linear.training.epochs=1", "models.mlp.training.epochs=1"],
+        project, env=env, timeout=600)  # fmt: skip
+    sweep = client.get_experiment_by_name("team-sweep")
+    found = client.search_runs([sweep.experiment_id])
+    (parent,) = [run_ for run_ in found if run_.data.tags.get("sweep") == "true"]
+    children = [run_ for run_ in found if run_.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(found) == 3, [(r.info.run_name, r.info.status) for r in found]
+    assert sorted(child.data.tags["model"] for child in children) == ["linear", "mlp"]
+    assert all(child.info.status == "FINISHED" for child in children), [(c.info.run_name, c.info.status) for c in children]
+
+
+WRITER = """
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import sqlalchemy
+
+from digitlab import tracking
+from digitlab.tracking import TrackingSettings
+
+uri, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()  # imported: wait for the others, then all configure the empty store at once
+while not go.exists():
+    time.sleep(0.005)
+settings = TrackingSettings(uri=uri, experiment="first-writers")
+tracking.configure(settings)
+run = tracking.start_run(settings, "linear", "digits")
+mlflow.MlflowClient().set_terminated(run.info.run_id)
+print(run.info.run_id)
+"""
+
+
+@needs_stack
+def test_four_first_time_writers_create_a_fresh_postgresql_store_once(stack: Stack, tmp_path: Path):
+    import psycopg
+    from psycopg import sql
+
+    from digitlab.stack.layout import write_secret
+    from digitlab.stack.postgres import pgpass_line, pgpass_password
+
+    stack.ensure_up()
+    port, password = stack.pg_port(), pgpass_password(stack.dir / "secrets" / "pgpass")
+    name = f"fresh_{secrets.token_hex(4)}"
+    login = {"host": "127.0.0.1", "port": port, "user": "mlflow", "password": password, "connect_timeout": 10}
+    with psycopg.connect(dbname="mlflow", autocommit=True, **login) as conn:
+        may_create = conn.execute("SELECT rolcreatedb FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+        if may_create:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    if not may_create:  # as the cluster's superuser, over its Unix socket (trust; only its owner and root reach it)
+        with psycopg.connect(host=str(stack.dir / "postgres"), port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER mlflow").format(sql.Identifier(name)))
+    # The stack's pgpass names its database (mlflow): the same login for any database of the cluster.
+    passfile = write_secret(tmp_path / "pgpass", pgpass_line("127.0.0.1", "*", "*", "mlflow", password))
+    uri = f"postgresql+psycopg://mlflow@127.0.0.1:{port}/{name}"
+
+    env = {**team_env(stack), "PGPASSFILE": str(passfile)}
+    go = tmp_path / "go"
+    writers, logs = [], []
+    for index in range(4):
+        logs.append((tmp_path / f"writer-{index}.log").open("w+"))
+        writers.append(subprocess.Popen([sys.executable, "-c", WRITER, uri, str(tmp_path / f"ready-{index}"), str(go)], cwd=tmp_path,
+                                        env={**os.environ, **env}, stdout=logs[-1], stderr=subprocess.STDOUT))  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not all((tmp_path / f"ready-{index}").exists() for index in range(4)):
+        assert all(writer.poll() is None for writer in writers) and time.monotonic() < deadline, "a writer ended or hung before the start"
+        time.sleep(0.05)
+    go.touch()
+    codes = [writer.wait(timeout=300) for writer in writers]
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    assert codes == [0, 0, 0, 0], "\n---\n".join(output[-3000:] for output in outputs)
+
+    with psycopg.connect(dbname=name, **login) as conn:
+        assert conn.execute("SELECT count(*) FROM experiments WHERE name = 'first-writers'").fetchone() == (1,)
+        count = conn.execute("SELECT count(*), count(DISTINCT experiment_id), min(status), max(status) FROM runs").fetchone()
+        assert count[0] == 4 and count[1] == 1 and count[2] == count[3] == "FINISHED", count
+        assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+    run_ids = {output.strip().splitlines()[-1] for output in outputs}
+    assert len(run_ids) == 4, outputs
