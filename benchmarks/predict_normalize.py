@@ -237,14 +237,10 @@ def markdown(rows: list[tuple[str, int, float, float]], args: argparse.Namespace
 
 
 def write_section(path: Path, section: str) -> None:
-    """Put the section between its markers in RESULTS.md (appended, markers and all, when absent); the rest is left alone."""
-    text = path.read_text() if path.is_file() else "# digitlab benchmarks\n"
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        text = before + section.rstrip("\n") + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    """This script's section of RESULTS.md, in place of its previous one."""
+    from benchmarks.sections import write_section as write
+
+    write(path, section, SECTION_START, SECTION_END)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

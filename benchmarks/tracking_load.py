@@ -283,14 +283,10 @@ def markdown(results: list[Result], args: argparse.Namespace, started: str) -> s
 
 
 def write_section(path: Path, section: str) -> None:
-    """Put the section into RESULTS.md, replacing the previous one (the rest of the file is benchmarks/run.py's)."""
-    text = path.read_text() if path.is_file() else "# digitlab benchmarks\n"
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        text = before + section.rstrip("\n") + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    """This script's section of RESULTS.md, in place of its previous one."""
+    from benchmarks.sections import write_section as write
+
+    write(path, section, SECTION_START, SECTION_END)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

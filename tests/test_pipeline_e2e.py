@@ -45,17 +45,18 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One real `dvc repro` of the whole pipeline on tiny settings, then the follow-ups."""
-    from .conftest import ROOT
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
 
+
+def make_project(project: Path) -> None:
+    """A git clone of this repository's HEAD with the uncommitted work copied over (it must be tested too),
+    on TINY settings, committed."""
     import shutil
     import subprocess
 
-    project = tmp_path_factory.mktemp("e2e") / "project"
+    from .conftest import ROOT
+
     subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
-    # Uncommitted work in the source tree must be tested too: copy it over the clone.
     for name in ("conf", "pipeline", "src", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         source = ROOT / name
         if source.is_dir():
@@ -67,9 +68,16 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     config = project / "conf" / "config.yaml"
     config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: tiny"))
     run(["digitlab", "params"], project)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
-    run([*git, "add", "-A"], project)
-    run([*git, "commit", "-qm", "tiny settings"], project)
+    run([*GIT, "add", "-A"], project)
+    run([*GIT, "commit", "-qm", "tiny settings"], project)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real `dvc repro` of the whole pipeline on tiny settings, then the follow-ups."""
+    project = tmp_path_factory.mktemp("e2e") / "project"
+    make_project(project)
+    git = GIT
 
     env = {"MLFLOW_TRACKING_URI": ""}  # the project's own store: <root>/mlflow.db
     from benchmarks.run import time_repros

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -24,35 +23,16 @@ import pytest
 
 from .conftest import ROOT, run
 from .stack_fixtures import CLIENT_ENV, Stack, needs_stack, stack  # noqa: F401 (stack: the fixture)
-from .test_pipeline_e2e import TINY, stages_run, wait_for_queue
+from .test_pipeline_e2e import GIT, make_project, stages_run, wait_for_queue
 
 EXPERIMENT = "digitlab-digits"  # tracking.experiment null: digitlab-<dataset>
 REGISTERED = "digitlab-digits"  # report.registered_model_name: digitlab-${dataset.name}
 EPOCHS = {"linear": 2, "mlp": 2, "cnn": 1}  # TINY's
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
 
 
 def team_env(stack: Stack) -> dict[str, str]:
     """A user's environment on the stack's machine: no login of their own, the stack found through $DIGITLAB_STACK_DIR."""
     return {**{name: "" for name in CLIENT_ENV}, "DIGITLAB_STACK_DIR": str(stack.dir)}
-
-
-def make_project(project: Path) -> None:
-    """A git clone of this repository's HEAD with the uncommitted work copied over, on TINY settings, committed."""
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
-    for name in ("conf", "pipeline", "src", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        source = ROOT / name
-        if source.is_dir():
-            shutil.rmtree(project / name)
-            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(source, project / name)
-    (project / "conf" / "experiment" / "tiny.yaml").write_text(TINY)
-    config = project / "conf" / "config.yaml"
-    config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: tiny"))
-    run(["digitlab", "params"], project)
-    run([*GIT, "add", "-A"], project)
-    run([*GIT, "commit", "-qm", "tiny settings"], project)
 
 
 def pipeline_run(stack: Stack, project: Path) -> dict:
