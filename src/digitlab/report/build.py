@@ -210,7 +210,7 @@ def register_best(result: ModelResult, registered_model_name: str, alias: str) -
     """Register ``result``'s logged MLflow model under ``registered_model_name`` with ``alias``; returns ``name@alias (version N)``."""
     import mlflow
 
-    model_uri = result.train.run.model_uri or logged_model_of(result.run_id)
+    model_uri = result.train.run.model_uri
     if not model_uri:
         raise DigitlabError(
             f"report.register_alias={alias!r} asks to register the best model {result.name!r}, but its run.json has no "
@@ -220,19 +220,6 @@ def register_best(result: ModelResult, registered_model_name: str, alias: str) -
     mlflow.MlflowClient().set_registered_model_alias(registered_model_name, alias, version.version)
     log.info("registered %s (%s) as models:/%s@%s (version %s)", result.name, model_uri, registered_model_name, alias, version.version)
     return f"models:/{registered_model_name}@{alias} (version {version.version}, model {result.name})"
-
-
-def logged_model_of(run_id: str | None) -> str | None:
-    """The URI of a run's logged model on the server: run.json lacks it when the model reached the server
-    later, through ``digitlab sync`` (:mod:`digitlab.journal`)."""
-    import mlflow
-
-    if not run_id:
-        return None
-    client = mlflow.MlflowClient()
-    experiment_id = client.get_run(run_id).info.experiment_id
-    found = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=1)
-    return f"models:/{found[0].model_id}" if found else None
 
 
 def register(settings: ReportSettings, results: list[ModelResult], layout: Layout) -> str | None:
