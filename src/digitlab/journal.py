@@ -106,7 +106,7 @@ class Journal:
 
     def log_table(self, table, name: str) -> None:
         """Log a DataFrame as an MLflow table (``mlflow.load_table`` finds it)."""
-        kept = Path("files") / f"{self._count:06d}" / "table.json"
+        kept = Path("files") / f"{self._count:06d}-{os.getpid()}" / "table.json"
         (self.directory / kept).parent.mkdir(parents=True, exist_ok=True)
         table.to_json(self.directory / kept, orient="split", index=False)
         self.append({"kind": "table", "file": kept.as_posix(), "name": name})
@@ -123,7 +123,7 @@ class Journal:
         self.append({"kind": "end", "status": status, "ts": now_ms()})
 
     def _keep(self, path: Path) -> str:
-        relative = Path("files") / f"{self._count:06d}" / path.name
+        relative = Path("files") / f"{self._count:06d}-{os.getpid()}" / path.name  # two writers of one run never share a folder
         target = self.directory / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)  # a copy, not a link: a file rewritten in place later must not change what was logged
