@@ -93,10 +93,10 @@ def params_file(base: Path, prepared: Path, uri: str, *overrides: str) -> Path:
     return path
 
 
-def train(params: Path, base: Path) -> tuple[subprocess.Popen, Path]:
+def train(params: Path, base: Path, **env_vars: str) -> tuple[subprocess.Popen, Path]:
     """The train stage as DVC runs it; the project's home (where journals live) is ``base``."""
     log = base / "train.log"
-    env = {**os.environ, "DVC_ROOT": str(base)}
+    env = {**os.environ, "DVC_ROOT": str(base), **env_vars}
     with log.open("w") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--params", str(params)], cwd=ROOT, env=env,
                                    stdout=subprocess.DEVNULL, stderr=stderr, text=True)  # fmt: skip
@@ -139,16 +139,25 @@ def assert_complete(uri: str, epochs: int) -> None:
 
 def test_server_killed_mid_training_and_restarted(server: RestartableServer, tmp_path: Path, tiny_prepared: Path) -> None:
     params = params_file(tmp_path, tiny_prepared, server.url, "tracking.delivery_timeout_s=120")
-    process, log = train(params, tmp_path)
+    # No HTTP-level retries: the first failed delivery reaches the journal's sender at once (MLflow's own
+    # retries would otherwise hide an outage shorter than their backoff, and the test would depend on timing).
+    process, log = train(params, tmp_path, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     wait_until(lambda: evaluations(tmp_path) >= 3, process, log, "3 evaluations")
     server.kill()
     down_at = evaluations(tmp_path)
+    wait_until(lambda: "unreachable" in log.read_text(), process, log, "the outage noticed")
     server.start(wait=False)  # it takes seconds to answer again: the training goes on meanwhile
     wait_until(lambda: evaluations(tmp_path) >= down_at + 3, process, log, "training going on while the server is down")
-    server.wait_healthy()
-    back_at = evaluations(tmp_path)
+    # The server must come back while the training still runs, however slow its start is on a loaded
+    # machine: the training is paused (SIGSTOP) until the server answers, then goes on.
+    process.send_signal(signal.SIGSTOP)
+    try:
+        server.wait_healthy()
+        back_at = evaluations(tmp_path)
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert back_at < EPOCHS + 1, "the training ended before the server was killed and restarted"
     assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
-    assert back_at < EPOCHS + 1, "the server came back only after the training: the test needs a longer training"
     text = log.read_text()
     assert "Traceback" not in text and text.count("unreachable") == 1, text[-3000:]
     assert_complete(server.url, EPOCHS)
