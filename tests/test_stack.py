@@ -122,6 +122,24 @@ def test_configure_takes_the_login_of_this_machines_stack(stack: Stack, monkeypa
 
 
 @needs_stack
+def test_a_search_on_the_stack_keeps_its_study_in_postgresql(stack: Stack, monkeypatch: pytest.MonkeyPatch):
+    """tracking=team: the Optuna study goes to the stack's PostgreSQL (database optuna), the password never in a URL."""
+    import optuna
+
+    from digitlab.search import default_storage, open_storage
+
+    monkeypatch.setenv("DIGITLAB_STACK_DIR", str(stack.dir))
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    url = default_storage(stack.url)
+    port = stack.state()["services"]["postgres"]["port"]
+    assert url == f"postgresql+psycopg://mlflow@127.0.0.1:{port}/optuna" and os.environ["PGPASSFILE"] == str(stack.dir / "secrets" / "pgpass")
+    name = f"stack-study-{os.getpid()}"
+    study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    assert optuna.load_study(study_name=name, storage=url).best_value == 0.5
+
+
+@needs_stack
 def test_postgresql_down_behind_the_server_is_one_line_within_the_timeout(stack: Stack, monkeypatch: pytest.MonkeyPatch):
     from digitlab import tracking
     from digitlab.errors import TrackingUnavailable

@@ -115,3 +115,41 @@ def test_a_run_by_hand_resumes_in_its_own_stable_folder(sweep_env):
     mine = [o for o in overrides if "epochs" not in o] + ["models.mlp.training.epochs=1", f"output_dir={project / 'mine'}"]
     run([sys.executable, "-m", "pipeline.train", *mine], project, env={"MLFLOW_TRACKING_URI": sweep_env["uri"]})
     assert (project / "mine" / "model.keras").is_file() and (project / "mine" / ".hydra").is_dir()
+
+
+@pytest.mark.slow
+def test_an_interrupted_grid_sweep_run_again_skips_its_finished_jobs(sweep_env):
+    project, uri = sweep_env["project"], sweep_env["uri"]
+    command = [sys.executable, "-m", "pipeline.train", "-m", "model=linear", "models.linear.optimizer.learning_rate=0.02,0.05,0.1",
+               *(o for o in TINY if "linear.optimizer" not in o)]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    with (project / "first.log").open("w") as log:
+        first = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    client, deadline = mlflow.MlflowClient(tracking_uri=uri), time.monotonic() + 300
+
+    def finished() -> list:
+        experiment = client.get_experiment_by_name("sweep-tests")
+        found = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'") if experiment else []
+        return [r for r in found if "mlflow.parentRunId" in r.data.tags]
+
+    while not finished():
+        assert first.poll() is None, (project / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no job finished within 300 s"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGINT)  # Ctrl-C
+    assert first.wait(timeout=120) == 130
+    assert "Traceback" not in (project / "first.log").read_text()
+    done_before = {r.data.params["models.linear.optimizer.learning_rate"] for r in finished()}
+    assert 1 <= len(done_before) < 3
+
+    second = run(command, project, env={"MLFLOW_TRACKING_URI": uri})
+    assert (second.stdout + second.stderr).count("skipped") == len(done_before), second.stdout[-3000:]
+    parent, children, _ = sweep_runs(uri)
+    ok = [c for c in children if c.info.status == "FINISHED"]
+    assert sorted(c.data.params["models.linear.optimizer.learning_rate"] for c in ok) == ["0.02", "0.05", "0.1"], "each job once"
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best_val_accuracy"] == max(c.data.metrics["best_val_accuracy"] for c in ok)
+
+    # sweep.skip_finished=false: a new sweep, every job again.
+    run([*command, "sweep.skip_finished=false"], project, env={"MLFLOW_TRACKING_URI": uri})
+    experiment = client.get_experiment_by_name("sweep-tests").experiment_id
+    assert len(client.search_runs([experiment], "tags.sweep = 'true'")) == 2

@@ -235,6 +235,14 @@ def stage_main(func: Callable[[Settings], Any]) -> Callable[[], Any]:
 
     @functools.wraps(func)
     def main() -> Any:
+        try:
+            return entry()
+        except KeyboardInterrupt as interrupt:  # Ctrl-C (or SIGTERM, in a training): what was saved is said above
+            reason = str(interrupt) or "interrupted"
+            print(f"digitlab: {reason}; run the same command again to continue", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    def entry() -> Any:
         setup_logging()
         argv = sys.argv[1:]
         if argv[:1] == ["--params"]:
@@ -260,16 +268,21 @@ def stable_run_dir(cfg: DictConfig) -> str:
     ``output_dir``), so running the same command again lands in the same folder
     and resumes there, and any other setting gets a folder of its own.
     """
-    import hashlib
-    import json
-
     from digitlab.settings import load_settings
 
     if cfg.get("output_dir"):
         return str(cfg.output_dir)
     settings = load_settings(cfg)
-    payload = json.dumps(settings.model_dump(mode="json", exclude={"output_dir"}), sort_keys=True, default=str)
-    return str(project_root() / "runs" / f"{settings.model}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}")
+    return str(project_root() / "runs" / f"{settings.model}-{settings_fingerprint(settings)[:12]}")
+
+
+def settings_fingerprint(settings) -> str:
+    """sha256 of the validated settings that decide what a training does (all but ``output_dir`` and ``sweep``)."""
+    import hashlib
+    import json
+
+    payload = json.dumps(settings.model_dump(mode="json", exclude={"output_dir", "sweep"}), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _run_dir_resolver(*, _root_: DictConfig) -> str:

@@ -59,6 +59,16 @@ class ReportSettings(Strict):
     registered_model_name: Annotated[str, Field(min_length=1, max_length=250)]
 
 
+class SweepSettings(Strict):
+    """How a sweep's jobs behave (``conf/config.yaml``: ``sweep``)."""
+
+    # A sweep run again after an interruption skips the jobs whose MLflow runs under
+    # the same sweep parent FINISHED with the same settings (digitlab.sweep).
+    skip_finished: bool = True
+    # The Optuna trial a job of `hydra/sweeper=digitlab_optuna` runs (set by the sweeper).
+    trial: NonNegativeInt | None = None
+
+
 class Settings(Strict):
     """Everything a digitlab run is told (``params.yaml``)."""
 
@@ -70,6 +80,7 @@ class Settings(Strict):
     paths: PathSettings
     evaluate: EvaluateSettings
     report: ReportSettings
+    sweep: SweepSettings = SweepSettings()
     output_dir: str | None = None
 
     @model_validator(mode="after")

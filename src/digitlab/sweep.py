@@ -49,6 +49,9 @@ class MlflowSweepCallback(Callback):
         client = mlflow.MlflowClient(self.tracking_uri)
         overrides = redact(" ".join(config.hydra.overrides.task))
         tags = {"sweep": "true", "hydra_overrides": overrides, "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]}
+        study = config.hydra.sweeper.get("study_name")
+        if study:
+            tags[STUDY_TAG] = str(study)
         tags.update(runs.process_tags())
         commit = tracking.git_commit()
         if commit:
@@ -56,15 +59,22 @@ class MlflowSweepCallback(Callback):
         experiment = tracking.experiment_id(settings.tracking, settings.dataset.name)
         # Parents of sweeps that were killed (no on_multirun_end, no atexit) are closed KILLED.
         runs.close_stale_runs(settings.tracking, experiment, "tags.sweep = 'true'")
-        run = client.create_run(experiment, tags=tags, run_name=f"sweep {overrides}"[:250])
-        self.parent_run_id = run.info.run_id
-        client.log_param(run.info.run_id, "sweep_dir", str(config.hydra.sweep.dir))
+        previous = earlier_parent(client, experiment, tags) if settings.sweep.skip_finished else None
+        folder = str(config.hydra.sweep.dir)
+        if previous is not None:  # the same sweep (or study) again: continue under its parent
+            self.parent_run_id = previous.info.run_id
+            folders = previous.data.tags.get(SWEEP_DIRS_TAG, "").split(", ")
+            reopen(client, previous, {**tags, SWEEP_DIRS_TAG: ", ".join([*filter(None, folders), folder])[-5000:]})
+            log.info("sweep: continuing MLflow parent run %s (started %s)", self.parent_run_id, _when(previous.info.start_time))
+        else:
+            run = client.create_run(experiment, tags={**tags, SWEEP_DIRS_TAG: folder}, run_name=f"sweep {study or overrides}"[:250])
+            self.parent_run_id = run.info.run_id
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
         # A job that raises skips on_multirun_end: don't leave the parent RUNNING.
         atexit.register(self._end_parent, "FAILED")
         log.info("sweep: MLflow parent run %s in %s", self.parent_run_id, self.tracking_uri)
 
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:  # also in a launcher's worker process
         if self.parent_run_id:
             os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
             self._heartbeat()
@@ -91,6 +101,7 @@ class MlflowSweepCallback(Callback):
         )
         scored = [child for child in children if "best_val_accuracy" in child.data.metrics]
         client.log_metric(self.parent_run_id, "jobs", len(children))
+        scored = [child for child in scored if child.info.status == "FINISHED"] or scored
         if scored:
             best = max(scored, key=lambda child: child.data.metrics["best_val_accuracy"])
             client.log_metric(self.parent_run_id, "best_val_accuracy", best.data.metrics["best_val_accuracy"])
@@ -107,3 +118,67 @@ class MlflowSweepCallback(Callback):
             client.set_terminated(self.parent_run_id, status)
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
         self.parent_run_id = None
+
+
+STUDY_TAG = "optuna.study"
+SWEEP_DIRS_TAG = "sweep_dirs"  # the sweep's folders (hydra.sweep.dir), one more each time it is run again
+
+
+def earlier_parent(client, experiment: str, tags: dict[str, str]):
+    """The parent run of the same sweep run before: the latest with the same study, else an unfinished one with the same overrides."""
+    def quoted(value: str) -> str:
+        return "'" + value.replace("'", "\\'") + "'"
+
+    if STUDY_TAG in tags:  # an Optuna study: all its trials under one parent, whatever became of the last process
+        found = client.search_runs([experiment], f"tags.sweep = 'true' and tags.`{STUDY_TAG}` = {quoted(tags[STUDY_TAG])}",
+                                   order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    else:  # a grid sweep interrupted (a finished one run again is a new sweep)
+        found = [
+            run for run in client.search_runs(
+                [experiment], f"tags.sweep = 'true' and tags.hydra_overrides = {quoted(tags['hydra_overrides'])}",
+                order_by=["attributes.start_time DESC"], max_results=5,
+            )
+            if run.info.status != "FINISHED" and STUDY_TAG not in run.data.tags
+        ][:1]  # fmt: skip
+    return found[0] if found else None
+
+
+def reopen(client, run, tags: dict[str, str]) -> None:
+    """Make an earlier parent this process's own again: RUNNING, with this process's tags."""
+    if runs.KILLED_TAG in run.data.tags:
+        client.delete_tag(run.info.run_id, runs.KILLED_TAG)
+    for key, value in tags.items():
+        client.set_tag(run.info.run_id, key, value)
+    if run.info.status != "RUNNING":
+        client.update_run(run.info.run_id, status="RUNNING")
+
+
+def _when(milliseconds: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((milliseconds or 0) / 1000))
+
+
+def finished_job(settings) -> float | None:
+    """A sweep job that already FINISHED under the sweep's parent with the same settings: its best validation accuracy.
+
+    None (run the job) outside a sweep, with ``sweep.skip_finished=false``, for an
+    Optuna trial (the study keeps those), or when no such run exists.
+    """
+    import mlflow
+
+    from digitlab.config import settings_fingerprint
+
+    parent = os.environ.get(tracking.PARENT_RUN_ENV)
+    if not parent or not settings.sweep.skip_finished or settings.sweep.trial is not None:
+        return None
+    client = mlflow.MlflowClient(tracking.configure(settings.tracking))
+    experiment = tracking.experiment_id(settings.tracking, settings.dataset.name)
+    done = client.search_runs(
+        [experiment],
+        f"tags.mlflow.parentRunId = '{parent}' and tags.`{tracking.SETTINGS_TAG}` = '{settings_fingerprint(settings)}' "
+        "and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    if not done or "best_val_accuracy" not in done[0].data.metrics:
+        return None
+    log.info("sweep: this job FINISHED before in MLflow run %s: skipped (sweep.skip_finished=false runs it again)", done[0].info.run_id)
+    return done[0].data.metrics["best_val_accuracy"]

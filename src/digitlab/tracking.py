@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from pydantic import Field, field_validator
 
 from digitlab.config import home_root, project_root
+from digitlab.dblock import sqlite_file as sqlite_path  # the database file of a sqlite:/// URI
 from digitlab.errors import DigitlabError, TrackingUnavailable
 from digitlab.journal import Journal
 from digitlab.redact import redact, redact_data, split_credentials
@@ -114,11 +115,6 @@ def client_uri(uri: str) -> str:
     return clean
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
     """Fail within ``timeout`` seconds, naming the URI, when a tracking server can't be reached.
 
@@ -144,30 +140,19 @@ def _create_store_once(uri: str) -> None:
     """Create (migrate) a database store once, however many first-time writers start at once.
 
     MLflow migrates a store's schema on first use, and two processes doing it at
-    once fail ("duplicate column"). SQLite: under a file lock beside the file.
-    PostgreSQL: under a session advisory lock in the database itself, which also
-    holds across machines. A server migrates its store when it starts (nothing to do).
+    once fail ("duplicate column"): the first use happens under a lock of the
+    database (:func:`digitlab.dblock.database_lock`; a file lock for SQLite, an
+    advisory lock for PostgreSQL, across machines). A server migrates its store
+    when it starts (nothing to do).
     """
     import mlflow
 
-    database = sqlite_path(uri)
-    if database is not None:
-        from filelock import FileLock
+    from digitlab.dblock import database_lock
 
-        database.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(database.with_name(f".{database.name}.lock"), timeout=300):
-            mlflow.MlflowClient(uri).search_experiments(max_results=1)
-    elif urlparse(uri).scheme.startswith("postgresql"):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": STORE_LOCK_KEY})
-            try:
-                mlflow.MlflowClient(uri).search_experiments(max_results=1)
-            finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": STORE_LOCK_KEY})
-        engine.dispose()
+    if sqlite_path(uri) is None and not urlparse(uri).scheme.startswith("postgresql"):
+        return
+    with database_lock(uri, STORE_LOCK_KEY):
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
 
 # The advisory lock that serialises MLflow schema creation in a PostgreSQL store ("digitlab" in ASCII).
@@ -244,6 +229,7 @@ def experiment_name(tracking: TrackingSettings, dataset: str) -> str:
 # MLflow rejects longer param values; a long list is cut, with a marker.
 MAX_PARAM_LENGTH = 6000
 PARENT_RUN_ENV = "DIGITLAB_PARENT_RUN_ID"
+SETTINGS_TAG = "digitlab.settings_sha"  # what the run was told (digitlab.config.settings_fingerprint)
 
 
 def flat_params(settings) -> dict[str, str]:
@@ -378,7 +364,7 @@ def start_run(tracking: TrackingSettings, model: str, dataset: str, run_id: str 
     return client.get_run(run_id)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class TrackedRun:
     """A run a stage logs to: everything goes through its journal (:mod:`digitlab.journal`)."""
 
@@ -386,6 +372,7 @@ class TrackedRun:
     experiment_id: str
     uri: str
     journal: Journal
+    end_status: str = "FINISHED"  # how the run ends without an error (KILLED: stopped on purpose, e.g. pruned)
 
 
 _ACTIVE: contextvars.ContextVar[TrackedRun | None] = contextvars.ContextVar("digitlab_tracked_run", default=None)
@@ -419,7 +406,7 @@ def tracked_run(tracking: TrackingSettings, model: str, dataset: str, run_id: st
         record_failure(run.journal, error)
         raise
     else:
-        run.journal.end("FINISHED")
+        run.journal.end(run.end_status)
     finally:
         _ACTIVE.reset(token)
         close_journal(run.journal, tracking.delivery_timeout_s)
@@ -440,8 +427,11 @@ def log_settings(settings) -> None:
     """The validated settings as the active run's params and as ``config.yaml``, passwords redacted."""
     import yaml
 
+    from digitlab.config import settings_fingerprint
+
     journal = active_run().journal
     journal.log_params(flat_params(settings))
+    journal.set_tags({SETTINGS_TAG: settings_fingerprint(settings)})
     journal.log_text(yaml.safe_dump(redact_data(settings.model_dump(mode="json")), sort_keys=False), "config.yaml")
 
 

@@ -30,6 +30,36 @@ def _address(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, "127.0.0.1" if host == "localhost" else host, parts.port
 
 
+def _state_for(uri: str) -> dict | None:
+    """The running stack's state when ``uri`` is its MLflow server, else None."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        state = json.loads((stack_dir() / "state.json").read_text(encoding="utf-8"))
+        server = state["services"]["mlflow"]
+        if _address(uri) in {_address(server["url"]), _address(server.get("local_url", server["url"]))}:
+            return state
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def stack_study_storage(uri: str) -> str | None:
+    """The Optuna study database of the stack whose server is ``uri`` (its PostgreSQL's ``optuna``), or None.
+
+    The password stays in the stack's pgpass file: ``PGPASSFILE`` is pointed at it.
+    """
+    state = _state_for(uri)
+    try:
+        postgres = state["services"]["postgres"] if state else None
+        url, passfile = postgres["studies_uri"], postgres.get("passfile")
+    except (KeyError, TypeError):
+        return None
+    if passfile and not os.environ.get("PGPASSFILE"):
+        os.environ["PGPASSFILE"] = passfile
+    return url
+
+
 def use_stack_credentials(uri: str) -> bool:
     """Put the stack's user and password into the environment when ``uri`` is its server; True if it did."""
     if os.environ.get("MLFLOW_TRACKING_USERNAME") or os.environ.get("MLFLOW_TRACKING_PASSWORD"):

@@ -24,6 +24,7 @@ from digitlab.stack.layout import Layout, new_password, write_secret
 
 SUPERUSER = "postgres"
 ROLE = DATABASE = "mlflow"
+STUDIES = "optuna"  # the database of the team's Optuna studies (digitlab.search), owned by the same role
 RUN_AS = "postgres"  # the unprivileged user that runs the cluster when digitlab runs as root
 _SOCKET_NAME_LENGTH = len("/.s.PGSQL.65535")
 
@@ -41,6 +42,10 @@ class Database:
     @property
     def uri(self) -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{self.name}"
+
+    def sibling(self, name: str) -> str:
+        """The URI of another database of the same server and role."""
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{name}"
 
 
 def bindir() -> Path:
@@ -164,9 +169,10 @@ def ensure_role(layout: Layout, port: int) -> Database:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone()
         verb = "ALTER" if exists else "CREATE"
         conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(verifier)))
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DATABASE), sql.Identifier(ROLE)))
-    write_secret(layout.pgpass, pgpass_line("127.0.0.1", "*", DATABASE, ROLE, password))
+        for name in (DATABASE, STUDIES):
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(ROLE)))
+    write_secret(layout.pgpass, pgpass_line("127.0.0.1", "*", "*", ROLE, password))
     return Database("127.0.0.1", port, ROLE, DATABASE, layout.pgpass)
 
 

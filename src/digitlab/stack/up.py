@@ -56,7 +56,8 @@ def up_postgres(layout: Layout, options: StackOptions, previous: dict[str, Any])
         say("postgres", f"{'created and started' if created else 'started'} on 127.0.0.1:{port} (pid {postgres.postmaster_pid(layout)})")
     database = postgres.ensure_role(layout, port)
     entry = {"external": False, "pid": postgres.postmaster_pid(layout), "port": port, "address": f"127.0.0.1:{port}"}
-    return database, {**entry, "data": str(layout.postgres), "uri": database.uri}
+    studies = {"studies_uri": database.sibling(postgres.STUDIES), "passfile": str(database.passfile)}
+    return database, {**entry, "data": str(layout.postgres), "uri": database.uri, **studies}
 
 
 def up_s3(layout: Layout, options: StackOptions, previous: dict[str, Any]) -> tuple[dict, dict[str, str]]:
