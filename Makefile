@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast params bench bench-tracking ui stack-up stack-down stack-status clean-venv
+.PHONY: setup repro test test-fast params bench bench-tracking ui study-ui stack-up stack-down stack-status clean-venv
 
 # Create the virtual environment and install digitlab (with test tools) into it.
 $(STAMP): pyproject.toml
@@ -41,6 +41,10 @@ bench-tracking: $(STAMP)
 # The MLflow UI over the project's store, at http://127.0.0.1:5000
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# Optuna's dashboard over the project's studies (optuna.db), at http://127.0.0.1:8080
+study-ui: $(STAMP)
+	$(BIN)/optuna-dashboard sqlite:///optuna.db --host 127.0.0.1 --port 8080
 
 # The team stack: MLflow server (:5151) + PostgreSQL + S3 bucket, also the DVC remote (README "Working as a team").
 stack-up: $(STAMP)

@@ -42,6 +42,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from digitlab.errors import ConfigError, DigitlabError
 
@@ -275,6 +276,11 @@ class SearchOptions:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"hydra.sweeper.{key}", value, "a whole number >= 1")
+        if self.storage and urlsplit(self.storage).password:
+            raise ConfigError(
+                "hydra.sweeper.storage", "a URL with a password",
+                "a URL without one (Hydra writes the sweeper's settings to multirun.yaml): put the password in ~/.pgpass or $PGPASSFILE",
+            )  # fmt: skip
         if self.sampler not in SAMPLERS:
             raise ConfigError("hydra.sweeper.sampler", self.sampler, ", ".join(SAMPLERS))
 
