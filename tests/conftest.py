@@ -19,7 +19,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a copy of the project needs to run its pipeline (no data, models or stores).
-PROJECT_FILES = ("conf", "pipeline", "src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("conf", "pipeline", "src", "vendor", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")

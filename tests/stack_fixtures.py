@@ -57,13 +57,17 @@ def stack_unavailable() -> str | None:
 
 def require_stack() -> None:
     """Skip (printing why) when the stack's tools are missing; under CI (env CI set) that is a failure."""
-    reason = stack_unavailable()
+    require("team stack", stack_unavailable())
+
+
+def require(what: str, reason: str | None) -> None:
+    """Skip (printing why) when ``reason`` says ``what`` can't run here; under CI (env CI set) that is a failure."""
     if reason is None:
         return
-    print(f"team stack unavailable: {reason}")
+    print(f"{what} unavailable: {reason}")
     if os.environ.get("CI"):
-        pytest.fail(f"team stack unavailable under CI: {reason}")
-    pytest.skip(f"team stack unavailable: {reason}")
+        pytest.fail(f"{what} unavailable under CI: {reason}")
+    pytest.skip(f"{what} unavailable: {reason}")
 
 
 @dataclasses.dataclass

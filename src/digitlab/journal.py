@@ -104,6 +104,10 @@ class Journal:
     def log_text(self, text: str, name: str) -> None:
         self.append({"kind": "text", "text": text, "name": name})
 
+    def log_inputs(self, datasets: list[dict[str, Any]]) -> None:
+        """Log dataset inputs (``mlflow.log_input``), described as :func:`digitlab.lineage.dataset_inputs` does."""
+        self.append({"kind": "inputs", "datasets": datasets})
+
     def log_table(self, table, name: str) -> None:
         """Log a DataFrame as an MLflow table (``mlflow.load_table`` finds it)."""
         kept = Path("files") / f"{self._count:06d}-{os.getpid()}" / "table.json"
@@ -274,6 +278,8 @@ class Delivery:
             self.client.log_artifact(self.run_id, str(self.directory / entry["file"]), entry["folder"])
         elif kind == "text":
             self.client.log_text(self.run_id, group[0]["text"], group[0]["name"])
+        elif kind == "inputs":
+            self._send_inputs(group[0]["datasets"])
         elif kind == "table":
             import pandas as pd
 
@@ -292,6 +298,14 @@ class Delivery:
         params = [Param(k, v) for e in group if e["kind"] == "params" for k, v in e["params"].items()]
         tags = {k: v for e in group if e["kind"] == "tags" for k, v in e["tags"].items()}  # the last value of a tag wins
         self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def _send_inputs(self, datasets: list[dict[str, Any]]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        fields = ("name", "digest", "source_type", "source", "schema", "profile")
+        inputs = [DatasetInput(Dataset(**{k: d["dataset"].get(k) for k in fields}), [InputTag(MLFLOW_DATASET_CONTEXT, d["context"])]) for d in datasets]
+        self.client.log_inputs(self.run_id, datasets=inputs)
 
     def _send_model(self, entry: dict[str, Any]) -> str:
         import mlflow

@@ -50,6 +50,10 @@ class TrackingSettings(Strict):
     # At the end of a stage, how long to wait for the run's journal to reach an unreachable
     # server before leaving it for `digitlab sync` (the stage's outputs are written either way).
     delivery_timeout_s: NonNegativeFloat = 30
+    # MLflow system metrics (CPU, memory, disk, network, GPU) of each training, one sample per interval:
+    # digitlab.lineage, which also logs the run's source and datasets.
+    system_metrics: bool = True
+    system_metrics_interval_s: Annotated[float, Field(ge=1, le=3600)] = 10
 
     @field_validator("uri")
     @classmethod

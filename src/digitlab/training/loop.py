@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from digitlab import tracking
+from digitlab import lineage, tracking
 from digitlab.data.prepared import load_meta
 from digitlab.journal import deliver_leftovers
 from digitlab.runs import close_stale_runs
@@ -55,7 +55,8 @@ def train(settings: Settings, layout: Layout | None = None, callbacks: Sequence 
             if resumed_run is None:
                 tracking.log_settings(settings)
             fit = Fit(settings, meta, model, outputs, checkpoints, state)
-            fit.run(layout.prepared, callbacks)
+            with lineage.recorded(settings.tracking, run.journal, meta, layout.prepared, resumed=resumed_run is not None):
+                fit.run(layout.prepared, callbacks)  # source, datasets, and system metrics while it trains
             result = fit.finalise(run)
         result = with_model_uri(result, run.journal.model_uri)
         outputs.write_result(result)
