@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import time
 
 import keras
@@ -145,3 +147,69 @@ class StopAtStep(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) >= self.max_steps:
             self.model.stop_training = True
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A progress bar over one evaluation period (steps done/total, loss, accuracy, time left).
+
+    Shown only when ``stream`` (stderr by default) is a terminal; in DVC logs, pipes
+    and CI nothing is drawn and the one line per evaluation of
+    :class:`RecordEvaluation` is all there is. Redrawn at most every ``min_interval_s``.
+    """
+
+    def __init__(self, steps_per_eval: int, total_epochs: int, stream=None, min_interval_s: float = 0.2) -> None:
+        super().__init__()
+        self.steps_per_eval, self.total_epochs = steps_per_eval, total_epochs
+        self.stream = stream if stream is not None else sys.stderr
+        self.min_interval_s = min_interval_s
+        self._bar = None
+
+    @staticmethod
+    def wanted(stream=None) -> bool:
+        stream = stream if stream is not None else sys.stderr
+        try:
+            return bool(stream.isatty())
+        except (AttributeError, ValueError):
+            return False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self.wanted(self.stream):
+            return
+        from tqdm import tqdm
+
+        # A pseudo-terminal with no size set (script, CI runners with a tty) reports 0x0,
+        # which makes tqdm draw nothing: fall back to 100 columns and 24 rows there.
+        try:
+            size = os.get_terminal_size(self.stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            size = os.terminal_size((0, 0))
+        sized = size.columns > 0 and size.lines > 0
+        self._bar = tqdm(
+            total=self.steps_per_eval, desc=f"epoch {epoch + 1}/{self.total_epochs}", unit="step",
+            file=self.stream, leave=False, mininterval=self.min_interval_s,
+            dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
+        )  # fmt: skip
+
+    def on_train_batch_end(self, batch, logs=None):
+        bar = self._bar
+        if bar is None:
+            return
+        done = batch + 1
+        # Throttled: the logs (device values) are read and the bar redrawn only every min_interval_s.
+        if time.monotonic() - getattr(self, "_drawn", 0.0) >= self.min_interval_s or done >= self.steps_per_eval:
+            self._drawn = time.monotonic()
+            logs = logs or {}
+            post = {key: f"{float(logs[key]):.4f}" for key in ("loss", "accuracy") if key in logs}
+            bar.set_postfix(post, refresh=False)
+            bar.update(done - bar.n)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._close()
+
+    def on_train_end(self, logs=None):
+        self._close()
+
+    def _close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -117,6 +117,9 @@ class Fit:
         ]
         if plan.total_steps % plan.steps_per_eval:
             own.append(cb.StopAtStep(plan.total_steps))
+        if cb.EpochProgress.wanted():
+            # First, so its bar is closed before RecordEvaluation writes the evaluation's line.
+            own.insert(0, cb.EpochProgress(plan.steps_per_eval, plan.evaluations))
         return own
 
     def finalise(self, run) -> TrainResult:
