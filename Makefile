@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup repro test test-fast params bench bench-tracking ui study-ui stack-up stack-down stack-status clean-venv
+.PHONY: check-slurm
 
 # Create the virtual environment and install digitlab (with test tools) into it.
 $(STAMP): pyproject.toml
@@ -58,3 +59,8 @@ stack-status: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# A 2-job sweep through hydra/launcher=slurm on a throwaway single-node SLURM cluster (docs/slurm.md).
+# Not part of `make test`; needs root (installs slurm-wlm and munge with apt-get when missing).
+check-slurm: $(STAMP)
+	VENV="$(VENV)" scripts/check-slurm
