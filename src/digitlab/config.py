@@ -20,11 +20,15 @@ stages whose declared params changed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +198,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     # TensorFlow's C++ start-up notices (CPU instructions, oneDNN) say nothing a user can act on;
     # warnings and errors still show. Must be set before TensorFlow is imported.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_import()
     from digitlab.redact import install_log_filter, install_record_redaction
 
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -201,6 +206,61 @@ def setup_logging(level: int = logging.INFO) -> None:
     install_record_redaction()  # nor one through handlers set up later (Hydra's) or MLflow's own
     for noisy in ("alembic", "mlflow.store", "git", "urllib3", "h5py", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# What TensorFlow (2.19 and later) writes to stderr as it is imported whatever TF_CPP_MIN_LOG_LEVEL says
+# (tensorflow/tensorflow#100442): notices, not warnings. Other lines written meanwhile are kept.
+TENSORFLOW_IMPORT_NOTICES = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
+
+
+@contextlib.contextmanager
+def _stderr_without(notices: Sequence[str]) -> Iterator[None]:
+    """Capture file descriptor 2 (C++ writes too) while the block runs, then write back every line but ``notices``."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not any(notice in line for notice in notices))
+            if kept:
+                os.write(2, kept.encode())
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Import ``tensorflow`` (when something first does) with :data:`TENSORFLOW_IMPORT_NOTICES` left out of stderr."""
+
+    def find_spec(self, name: str, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once, and find the real module below
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            execute = spec.loader.exec_module
+
+            def exec_module(module) -> None:
+                with _stderr_without(TENSORFLOW_IMPORT_NOTICES):
+                    execute(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+def quiet_tensorflow_import() -> None:
+    """Leave TensorFlow's import notices out of this process's stderr (a one-line error stays one line)."""
+    if "tensorflow" not in sys.modules and not any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def fail(error: BaseException) -> None:
