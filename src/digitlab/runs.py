@@ -48,7 +48,11 @@ class StaleRun:
 def process_tags() -> dict[str, str]:
     """The tags that say which process runs a run, from now on."""
     now = str(int(time.time()))
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), CLAIMED_TAG: now, HEARTBEAT_TAG: now}
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), CLAIMED_TAG: now, HEARTBEAT_TAG: now}
+    node = os.environ.get("DIGITLAB_RAY_NODE_ID")  # a sweep's job on a Ray node (digitlab.raylaunch)
+    if node:
+        tags["ray.node_id"] = node
+    return tags
 
 
 def pid_alive(pid: int, claimed_at: float | None = None) -> bool:

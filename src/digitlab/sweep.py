@@ -44,8 +44,11 @@ class MlflowSweepCallback(Callback):
         try:  # the sweep's common settings, checked before any job starts
             settings = load_settings(OmegaConf.masked_copy(config, [key for key in config if key != "hydra"]))
             self.tracking_uri = tracking.configure(settings.tracking)
+            preflight(config.hydra.launcher)
         except DigitlabError as error:
             fail(error)
+        except TypeError as error:  # an unknown hydra.launcher key
+            fail(DigitlabError(f"hydra.launcher: {error}"))
         client = mlflow.MlflowClient(self.tracking_uri)
         overrides = redact(" ".join(config.hydra.overrides.task))
         tags = {"sweep": "true", "hydra_overrides": overrides, "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]}
@@ -122,6 +125,15 @@ class MlflowSweepCallback(Callback):
 
 STUDY_TAG = "optuna.study"
 SWEEP_DIRS_TAG = "sweep_dirs"  # the sweep's folders (hydra.sweep.dir), one more each time it is run again
+
+
+def preflight(launcher: DictConfig) -> None:
+    """The launcher's own checks (its settings, a cluster that answers), when it has them: before the parent run exists."""
+    from hydra.utils import get_class
+
+    check = getattr(get_class(str(launcher._target_)), "preflight", None)
+    if check is not None:
+        check(launcher)
 
 
 def earlier_parent(client, experiment: str, tags: dict[str, str]):
