@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast params bench bench-tracking ui study-ui stack-up stack-down stack-status clean-venv
+.PHONY: setup repro test test-fast params bench bench-tracking bench-launchers ui study-ui stack-up stack-down stack-status clean-venv
 .PHONY: check-slurm
 
 # Create the virtual environment and install digitlab (with test tools) into it.
@@ -38,6 +38,10 @@ bench: $(STAMP)
 # Concurrent writers against the SQLite store, mlflow server on SQLite and the team stack (benchmarks/RESULTS.md).
 bench-tracking: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.tracking_load $(BENCH_ARGS)
+
+# The same sweep under each launcher (basic, joblib, Ray private/1 node/2 nodes, Optuna): overhead per job.
+bench-launchers: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.launchers $(BENCH_ARGS)
 
 # The MLflow UI over the project's store, at http://127.0.0.1:5000
 ui: $(STAMP)

@@ -92,7 +92,11 @@ def _isolate_mlflow_state():
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A fresh copy of this project in its own git + DVC repo, ready for `dvc repro`."""
-    dest = tmp_path / "project"
+    return copy_project(tmp_path / "project")
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy this project (code and config: no data, models or stores) to ``dest``, a git + DVC repo of its own."""
     dest.mkdir()
     for name in PROJECT_FILES:
         source = ROOT / name
@@ -176,11 +180,15 @@ def mlflow_server(tmp_path: Path, _mlflow_template: Path):
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared dataset (the preprocess output format) from scikit-learn's 8x8 digits."""
+    return write_tiny_prepared(tmp_path_factory.mktemp("prepared"))
+
+
+def write_tiny_prepared(directory: Path) -> Path:
+    """Write scikit-learn's 8x8 digits into ``directory`` as preprocess would: 1200 train, 250 val, 347 test."""
     from sklearn.datasets import load_digits
 
     from digitlab.data.prepared import SPLITS, Meta, save_meta, save_split
 
-    directory = tmp_path_factory.mktemp("prepared")
     digits = load_digits()
     x = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)[..., None]
     y = digits.target.astype(np.int64)

@@ -112,3 +112,29 @@ def test_a_bad_launcher_setting_is_one_line_and_exit_2(sweep_env, override: str,
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("digitlab: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
+
+
+def test_an_optuna_search_on_a_private_cluster_writes_no_token_and_leaves_nothing_running(ray_available, sweep_env, tmp_path):
+    import optuna
+    import psutil
+
+    def raylets() -> set[int]:
+        return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet"}
+
+    project, uri = sweep_env["project"], sweep_env["uri"]
+    before, home = raylets(), tmp_path / "home"
+    home.mkdir()
+    env = {"MLFLOW_TRACKING_URI": uri, "HOME": str(home)}  # no RAY_ADDRESS, no RAY_AUTH_*: Ray's defaults
+    command = [sys.executable, "-m", "pipeline.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+               "hydra/launcher=ray", "hydra.launcher.address=local", "hydra.sweep.dir=multirun/optuna-ray", *TINY]  # fmt: skip
+    result = run(command, project, env=env)
+    assert "a private Ray cluster" in result.stderr + result.stdout
+    study = optuna.load_study(study_name="digitlab-mlp-digits", storage=f"sqlite:///{project / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    parent, children, _ = sweep_runs(uri)
+    assert parent.info.status == "FINISHED" and len(children) == 2 and all("ray.node_id" in c.data.tags for c in children)
+    assert not (home / ".ray").exists(), "Ray's token was written to ~/.ray"
+    deadline = time.monotonic() + 30
+    while raylets() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not raylets() - before, "the private cluster outlived its sweep"

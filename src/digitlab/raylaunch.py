@@ -128,15 +128,17 @@ def wait_for_head(options: RayOptions) -> tuple[str, int] | None:
 
 def connect(options: RayOptions) -> tuple[str, tuple[str, int] | None]:
     """Connect this process to the cluster (or start a private one); what to say and the head to watch."""
-    import ray
-
     address = cluster_address(options)
     head = wait_for_head(options)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report to a server outside
-    if address is None and "RAY_AUTH_MODE" not in os.environ:
-        # A private cluster: Ray's token authentication, with a token that lives in this process's
-        # environment (and its cluster's) only; ray.init would otherwise write one to ~/.ray/auth_token.
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    if address is None and not os.environ.get("RAY_AUTH_MODE"):
+        # A private cluster, with Ray's token authentication (what ray.init does by default) and a token
+        # that lives in this process's environment and its cluster's only: ray.init would write one to
+        # ~/.ray/auth_token. Set before Ray is imported, which reads its settings once.
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    import ray
+
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address is None:
@@ -145,11 +147,13 @@ def connect(options: RayOptions) -> tuple[str, tuple[str, int] | None]:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError) as error:  # "Could not find any running Ray instance" (auto)
             raise ClusterUnreachable(f"hydra.launcher.address={address}: {str(error).splitlines()[0]}") from None
-    if head is None:
-        head = head_address(ray.get_runtime_context().gcs_address)
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     cpus = sum(node.get("Resources", {}).get("CPU", 0) for node in nodes)
-    where = f"Ray cluster at {head[0]}:{head[1]}" if head else "a private Ray cluster"
+    if head is None:
+        head = head_address(ray.get_runtime_context().gcs_address)
+        where = f"a private Ray cluster (head {head[0]}:{head[1]})" if address is None and head else f"the Ray cluster at {address}"
+    else:
+        where = f"Ray cluster at {head[0]}:{head[1]}"
     return f"{where}: {len(nodes)} node(s), {cpus:g} CPUs", head
 
 
@@ -239,13 +243,14 @@ class Launch:
         self.options, self.hydra_context, self.task_function, self.config = options, hydra_context, task_function, config
 
     def run(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
-        import ray
         from hydra.core.singleton import Singleton
         from hydra.core.utils import filter_overrides, setup_globals
         from omegaconf import open_dict
 
         setup_globals()
-        what, head = connect(self.options)
+        what, head = connect(self.options)  # first: it sets Ray's environment before Ray is imported
+        import ray
+
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info("Ray: %d job(s) on %s", len(job_overrides), what)
         # TensorFlow's C++ notices off from the worker's start (it may import TensorFlow before the job runs).

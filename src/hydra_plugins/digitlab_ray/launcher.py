@@ -38,12 +38,12 @@ class DigitlabRayLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         from digitlab.config import fail
-        from digitlab.errors import ConfigError
+        from digitlab.errors import DigitlabError
         from digitlab.raylaunch import ClusterLost, abandon
 
         try:
             return self.launch_.run(job_overrides, initial_job_idx)
-        except ConfigError as error:
-            fail(error)
         except ClusterLost as error:
             abandon(f"digitlab: error: {error}")
+        except DigitlabError as error:  # no cluster answers (ClusterUnreachable), ...
+            fail(error)
