@@ -295,6 +295,6 @@ def test_tutorial_presets_are_valid_recipes_for_their_dataset(preset, dataset, m
 
 def test_tutorial_schedules_match_the_tutorials():
     linear = load_settings(compose(["experiment=tutorial_linear"], root=ROOT)).recipe.training
-    assert linear.plan(55_000).model_dump() == {"steps_per_eval": 550, "evaluations": 2, "total_steps": 1000}
+    assert linear.plan(55_000).model_dump() == {"steps_per_eval": 550, "evaluations": 2, "total_steps": 1000, "first_stop": 0}
     cnn = load_settings(compose(["experiment=tutorial_cnn"], root=ROOT)).recipe.training
     assert cnn.plan(55_000).steps_per_eval == 100 and 100 * cnn.early_stopping.patience == 1000

@@ -26,6 +26,7 @@ from digitlab.errors import ConfigError
 from digitlab.models import ArchitectureSettings
 from digitlab.schema import Name, NonNegativeInt, OpenFraction, PositiveInt, Seed, Strict, describe_error
 from digitlab.tracking import TrackingSettings
+from digitlab.training.augmentation import AugmentationSettings
 from digitlab.training.optimizers import OptimizerSettings
 from digitlab.training.schedule import TrainingSettings
 
@@ -36,6 +37,7 @@ class Recipe(Strict):
     model: ArchitectureSettings
     optimizer: OptimizerSettings
     training: TrainingSettings
+    augmentation: AugmentationSettings = AugmentationSettings()
 
 
 class PathSettings(Strict):

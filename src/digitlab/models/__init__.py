@@ -55,13 +55,14 @@ def parse_architecture(data: Mapping[str, Any], setting: str = "model") -> Archi
         raise describe_error(exc, data, setting) from None
 
 
-def build_model(settings: ArchitectureBase, image_shape: Sequence[int], num_classes: int, setting: str = "model") -> Any:
+def build_model(settings: ArchitectureBase, image_shape: Sequence[int], num_classes: int, setting: str = "model", augment: Any = None) -> Any:
     """A ``keras.Model`` (functional) for raw pixels of ``image_shape`` and ``num_classes`` classes.
 
     Raises :class:`ConfigError` naming the layer and the shapes when the
     architecture does not fit the input (e.g. more pooling than an 8x8 image
     allows), before any training. ``setting`` is where ``settings`` sit in the
-    configuration (``models.cnn.model``), for that message.
+    configuration (``models.cnn.model``), for that message. ``augment``, a Keras layer
+    (:func:`digitlab.training.augmentation.augmentation_layer`), goes first, on raw pixels.
     """
     import keras
 
@@ -69,7 +70,7 @@ def build_model(settings: ArchitectureBase, image_shape: Sequence[int], num_clas
     inputs = keras.Input(shape=shape, name="pixels")
     with _watching_layers() as watch:
         try:
-            pixels = keras.layers.Rescaling(1.0 / 255, name="rescale_0_1")(inputs)
+            pixels = keras.layers.Rescaling(1.0 / 255, name="rescale_0_1")(augment(inputs) if augment is not None else inputs)
             outputs = settings.outputs(pixels, num_classes)
         except Exception:
             if watch.misfit is None:

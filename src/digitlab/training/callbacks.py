@@ -104,9 +104,10 @@ class KeepBestAndStopEarly(keras.callbacks.Callback):
     the run state, so a resumed run keeps counting from where it stopped.
     """
 
-    def __init__(self, state: RunState, stopping: EarlyStoppingSettings, checkpoints: CheckpointDir) -> None:
+    def __init__(self, state: RunState, stopping: EarlyStoppingSettings, checkpoints: CheckpointDir, first_stop: int = 0) -> None:
         super().__init__()
         self.state, self.stopping, self.checkpoints = state, stopping, checkpoints
+        self.first_stop = first_stop  # no stop before this evaluation (dataset.min_train_steps)
 
     def on_epoch_end(self, epoch, logs=None):
         value = float((logs or {})[self.stopping.monitor])
@@ -116,7 +117,7 @@ class KeepBestAndStopEarly(keras.callbacks.Callback):
             self.checkpoints.save_best(self.model)
             return
         state.wait += 1
-        if self.stopping.enabled and state.wait >= self.stopping.patience:
+        if self.stopping.enabled and state.wait >= self.stopping.patience and epoch + 1 >= self.first_stop:
             log.info("early stopping: %s has not improved for %d evaluations (best %.4f at %d)",
                      self.stopping.monitor, state.wait, state.best_value, state.best_epoch)  # fmt: skip
             state.stopped_early = True

@@ -46,7 +46,7 @@ class Fit:
         training = self.settings.recipe.training
         x_train, y_train = load_split(prepared, "train")
         x_val, y_val = load_split(prepared, "val")
-        plan = training.plan(len(y_train))
+        plan = training.plan(len(y_train), self.settings.dataset.min_train_steps)
         sample = (x_train[:INITIAL_TRAIN_SAMPLE].copy(), y_train[:INITIAL_TRAIN_SAMPLE].copy()) if self.state.epoch == 0 else None
         train_data = training_dataset(x_train, y_train, training.batch_size, training.shuffle_buffer, self.settings.seed)
         # tf.data keeps its own copy of the images: dropping ours takes a whole copy
@@ -112,7 +112,7 @@ class Fit:
         own = [
             cb.StopOnNaN(self.name, recipe.optimizer.learning_rate),
             cb.RecordEvaluation(self.state, self.outputs, plan.evaluations),
-            cb.KeepBestAndStopEarly(self.state, recipe.training.early_stopping, self.checkpoints),
+            cb.KeepBestAndStopEarly(self.state, recipe.training.early_stopping, self.checkpoints, plan.first_stop),
             cb.SaveLastCheckpoint(self.state, self.checkpoints, recipe.training.checkpoint.every_epochs, plan.evaluations),
         ]
         if plan.total_steps % plan.steps_per_eval:

@@ -78,11 +78,13 @@ def _seeded_model(settings: Settings, meta):
     import tensorflow as tf
 
     from digitlab.models import build_model
+    from digitlab.training.augmentation import augmentation_layer
 
     keras.utils.set_random_seed(settings.seed)
     if settings.recipe.training.deterministic:
         tf.config.experimental.enable_op_determinism()
-    return build_model(settings.recipe.model, meta.image_shape, meta.num_classes, f"models.{settings.model}.model")
+    augment = augmentation_layer(settings.recipe.augmentation, settings.dataset.flip_keeps_label, settings.seed)
+    return build_model(settings.recipe.model, meta.image_shape, meta.num_classes, f"models.{settings.model}.model", augment)
 
 
 def checkpoint_dir(settings: Settings, layout: Layout, meta) -> CheckpointDir:

@@ -43,12 +43,17 @@ class TrainingSettings(Strict):
         if self.max_steps is not None and self.eval_every_steps is not None and self.eval_every_steps > self.max_steps:
             raise ConfigError(f"{prefix}.eval_every_steps", self.eval_every_steps, f"at most max_steps ({self.max_steps}), or there is no evaluation")
 
-    def plan(self, train_size: int) -> Plan:
-        """The schedule on ``train_size`` training images."""
+    def plan(self, train_size: int, min_steps: int = 0) -> Plan:
+        """The schedule on ``train_size`` training images, at least ``min_steps`` optimizer steps long
+        (``dataset.min_train_steps``: on a small collection, ``epochs`` passes are few steps) unless
+        ``max_steps`` says otherwise. Early stopping waits until ``min_steps`` are done."""
         steps_per_pass = math.ceil(train_size / self.batch_size)
-        total_steps = self.max_steps or self.epochs * steps_per_pass
+        total_steps = self.max_steps or max(self.epochs * steps_per_pass, min_steps)
         steps_per_eval = self.eval_every_steps or self.eval_every_epochs * steps_per_pass
-        return Plan(steps_per_eval=steps_per_eval, evaluations=math.ceil(total_steps / steps_per_eval), total_steps=total_steps)
+        return Plan(
+            steps_per_eval=steps_per_eval, evaluations=math.ceil(total_steps / steps_per_eval), total_steps=total_steps,
+            first_stop=0 if self.max_steps else min(math.ceil(total_steps / steps_per_eval), math.ceil(min_steps / steps_per_eval)),
+        )  # fmt: skip
 
 
 class Plan(Strict):
@@ -57,3 +62,4 @@ class Plan(Strict):
     steps_per_eval: int
     evaluations: int
     total_steps: int
+    first_stop: int = 0  # early stopping may stop the run after this evaluation, not before

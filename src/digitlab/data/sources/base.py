@@ -85,6 +85,11 @@ class DatasetBase(Strict):
     test_size: SplitSize | None = None
     split_seed: Seed = 0
     subset: PositiveInt | None = None
+    # Whether a mirrored image keeps its label: augmentation flips only then (never digits).
+    flip_keeps_label: bool = False
+    # Train every recipe for at least this many optimizer steps, and stop early no sooner: a small
+    # collection's epochs are few steps (dataset=folder: 500).
+    min_train_steps: NonNegativeInt = 0
 
     # What is known about the source before reading it.
     native_shape: ClassVar[tuple[int, int, int] | None] = None  # None: images are resized to image_shape
