@@ -89,7 +89,9 @@ def _seeded_model(settings: Settings, meta):
 
 def checkpoint_dir(settings: Settings, layout: Layout, meta) -> CheckpointDir:
     """Where a run of this recipe, data and seed keeps what it resumes from (outside the stage's outputs)."""
-    run_fingerprint = fingerprint(settings.recipe, meta.to_json(), settings.seed)
+    # The dataset settings a training reads besides its prepared data: the schedule's length, the flips.
+    read = {"min_train_steps": settings.dataset.min_train_steps, "flip_keeps_label": settings.dataset.flip_keeps_label}
+    run_fingerprint = fingerprint(settings.recipe, {**meta.to_json(), **read}, settings.seed)
     return CheckpointDir(layout.checkpoints / f"{settings.model}-{run_fingerprint[:16]}", run_fingerprint)
 
 
