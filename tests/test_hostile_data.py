@@ -236,6 +236,7 @@ def test_a_folder_inside_or_holding_a_stage_output_is_refused(path: str, tmp_pat
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     folder = yaml.safe_load((ROOT / "conf" / "dataset" / "folder.yaml").read_text())
+    folder.pop("defaults")  # Hydra's (the recipes' augmentation), not a dataset setting
     with pytest.raises(ConfigError, match=r"^dataset\.path=") as error:
         load_settings({**params, "dataset": {**folder, "name": "mine", "path": path}})
     assert "\n" not in str(error.value) and "stage output" in str(error.value)

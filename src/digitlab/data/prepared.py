@@ -31,6 +31,10 @@ class Meta:
     image_shape: tuple[int, int, int]
     counts: dict[str, dict[str, int]]
     checksums: dict[str, str]
+    # What the dataset's settings tell every training of it (dataset.flip_keeps_label, dataset.min_train_steps):
+    # carried with the data, which the train stage depends on, so a change reruns preprocess and train.
+    flip_keeps_label: bool = False
+    min_train_steps: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -44,6 +48,8 @@ class Meta:
             "num_classes": self.num_classes,
             "counts": self.counts,
             "checksums": self.checksums,
+            "flip_keeps_label": self.flip_keeps_label,
+            "min_train_steps": self.min_train_steps,
         }
 
 
@@ -58,6 +64,8 @@ def load_meta(directory: Path | str) -> Meta:
         image_shape=tuple(int(d) for d in raw["image_shape"]),
         counts=raw.get("counts", {}),
         checksums=raw.get("checksums", {}),
+        flip_keeps_label=bool(raw.get("flip_keeps_label", False)),
+        min_train_steps=int(raw.get("min_train_steps", 0)),
     )
 
 

@@ -74,7 +74,7 @@ def _write_prepared(directory: Path, dataset: DatasetBase, class_names: list[str
         checksums[path.name] = sha256_file(path)
         counts[split] = {name: int((y == index).sum()) for index, name in enumerate(class_names)}
         log.info("wrote %s: %d images", path.name, len(y))
-    meta = Meta(dataset.name, list(class_names), dataset.shape, counts, checksums)
+    meta = Meta(dataset.name, list(class_names), dataset.shape, counts, checksums, dataset.flip_keeps_label, dataset.min_train_steps)
     save_meta(directory, meta)
     save_samples_grid(directory / SAMPLES_FILE, *splits["train"], class_names)
     return meta

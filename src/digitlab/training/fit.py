@@ -46,7 +46,7 @@ class Fit:
         training = self.settings.recipe.training
         x_train, y_train = load_split(prepared, "train")
         x_val, y_val = load_split(prepared, "val")
-        plan = training.plan(len(y_train), self.settings.dataset.min_train_steps)
+        plan = training.plan(len(y_train), self.meta.min_train_steps)
         sample = (x_train[:INITIAL_TRAIN_SAMPLE].copy(), y_train[:INITIAL_TRAIN_SAMPLE].copy()) if self.state.epoch == 0 else None
         train_data = training_dataset(x_train, y_train, training.batch_size, training.shuffle_buffer, self.settings.seed)
         # tf.data keeps its own copy of the images: dropping ours takes a whole copy

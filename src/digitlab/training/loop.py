@@ -83,15 +83,13 @@ def _seeded_model(settings: Settings, meta):
     keras.utils.set_random_seed(settings.seed)
     if settings.recipe.training.deterministic:
         tf.config.experimental.enable_op_determinism()
-    augment = augmentation_layer(settings.recipe.augmentation, settings.dataset.flip_keeps_label, settings.seed)
+    augment = augmentation_layer(settings.recipe.augmentation, meta.flip_keeps_label, settings.seed)
     return build_model(settings.recipe.model, meta.image_shape, meta.num_classes, f"models.{settings.model}.model", augment)
 
 
 def checkpoint_dir(settings: Settings, layout: Layout, meta) -> CheckpointDir:
     """Where a run of this recipe, data and seed keeps what it resumes from (outside the stage's outputs)."""
-    # The dataset settings a training reads besides its prepared data: the schedule's length, the flips.
-    read = {"min_train_steps": settings.dataset.min_train_steps, "flip_keeps_label": settings.dataset.flip_keeps_label}
-    run_fingerprint = fingerprint(settings.recipe, {**meta.to_json(), **read}, settings.seed)
+    run_fingerprint = fingerprint(settings.recipe, meta.to_json(), settings.seed)
     return CheckpointDir(layout.checkpoints / f"{settings.model}-{run_fingerprint[:16]}", run_fingerprint)
 
 

@@ -88,7 +88,8 @@ class DatasetBase(Strict):
     # Whether a mirrored image keeps its label: augmentation flips only then (never digits).
     flip_keeps_label: bool = False
     # Train every recipe for at least this many optimizer steps, and stop early no sooner: a small
-    # collection's epochs are few steps (dataset=folder: 500).
+    # collection's epochs are few steps (dataset=folder: 500). Both reach the train stage through
+    # the prepared data's meta.json.
     min_train_steps: NonNegativeInt = 0
 
     # What is known about the source before reading it.
