@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast params bench bench-tracking bench-launchers ui study-ui stack-up stack-down stack-status clean-venv
+.PHONY: setup repro test test-fast params bench bench-tracking bench-launchers compare ui study-ui stack-up stack-down stack-status clean-venv
 .PHONY: check-slurm
 
 # Create the virtual environment and install digitlab (with test tools) into it.
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+# DVC's experiments in one narrow table (digitlab compare; MD=1 for Markdown).
+compare: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/digitlab compare $(if $(MD),--md,)
 
 # Rewrite params.yaml from conf/ (plus OVERRIDES="dataset=digits ..."), for a plain dvc repro.
 params: $(STAMP)

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     from digitlab.journal import add_sync_command
 
     add_sync_command(commands)
+
+    from digitlab.compare import add_compare_command
+
+    add_compare_command(commands)
     return parser
 
 
