@@ -28,12 +28,19 @@ CONF = ROOT / "conf" / "dataset"
 
 def conf(file: str, /, **changes: Any) -> dict[str, Any]:
     """``conf/dataset/<file>.yaml`` as a dict, with ``changes`` applied."""
-    return {**yaml.safe_load((CONF / f"{file}.yaml").read_text()), **changes}
+    return {**dataset_yaml(CONF / f"{file}.yaml"), **changes}
+
+
+def dataset_yaml(path: Path) -> dict:
+    """A dataset file's settings: its YAML without Hydra's ``defaults`` list (folder.yaml picks the recipes' augmentation)."""
+    data = yaml.safe_load(path.read_text())
+    data.pop("defaults", None)
+    return data
 
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_conf_dataset_validates_through_the_union_and_passes_its_checks(path: Path) -> None:
-    data = yaml.safe_load(path.read_text())
+    data = dataset_yaml(path)
     dataset = TypeAdapter(DatasetSettings).validate_python(data)
     dataset.check()
     assert type(dataset) is SOURCES[data["source"]] and dataset.name == path.stem
