@@ -393,7 +393,7 @@ class Search:
                 batch = [[*self.space.overrides(trial.params), f"sweep.trial={trial.number}"] for trial in trials]
                 for trial, overrides in zip(trials, batch, strict=True):
                     log.info("trial %d of study %s: %s", trial.number, self.options.study_name, " ".join(overrides[len(self.space.fixed) :]))
-                returns = self.launcher.launch(batch, initial_job_idx=self.ran)
+                returns = self.launcher.launch(batch, initial_job_idx=self._job_number(trials))
                 self.ran += len(batch)
                 for trial, ret in zip(trials, returns, strict=True):
                     self._tell(trial, ret.status == JobStatus.COMPLETED, ret._return_value)
@@ -409,6 +409,13 @@ class Search:
                 )  # fmt: skip
                 self._fail_interrupted()
         self.write_results()
+
+    def _job_number(self, trials: list) -> int:
+        """The first job number of a batch: its trials' own numbers when they follow each other (asked together
+        under the study's lock), so that each trial's folder, multirun/<time>/<trial number>, is its own even when
+        two processes sharing the study start in the same second (the same multirun/<time>/)."""
+        numbers = [trial.number for trial in trials]
+        return numbers[0] if numbers == list(range(numbers[0], numbers[0] + len(numbers))) else self.ran
 
     def _tell(self, trial, completed: bool, value: Any) -> None:
         from optuna.trial import TrialState
