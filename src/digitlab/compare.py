@@ -55,6 +55,11 @@ def _row(entry: dict[str, Any], name: str, depth: int) -> Row:
     return row
 
 
+def changes(row: Row, baseline: Row) -> list[str]:
+    """``key=value`` of the params where ``row`` differs from ``baseline``."""
+    return [f"{key}={value}" for key, value in sorted(row.params.items()) if value != baseline.params.get(key)]
+
+
 def rows(shown: list[dict[str, Any]]) -> list[Row]:
     """``dvc exp show --json`` as rows: the workspace, each commit, and under each commit its experiments."""
     found: list[Row] = []
@@ -65,11 +70,10 @@ def rows(shown: list[dict[str, Any]]) -> list[Row]:
         for experiment in entry.get("experiments") or []:
             for rev in experiment.get("revs") or []:
                 row = _row(rev, experiment.get("name") or str(rev.get("rev", ""))[:7], 1)
-                row.changed = [f"{key}={row.params[key]}" for key in sorted(row.params) if row.params[key] != baseline.params.get(key)]
+                row.changed = changes(row, baseline)
                 found.append(row)
     if found and found[0].name == "workspace" and len(found) > 1:
-        head = found[1]
-        found[0].changed = [f"{key}={found[0].params[key]}" for key in sorted(found[0].params) if found[0].params[key] != head.params.get(key)]
+        found[0].changed = changes(found[0], found[1])
     return found
 
 

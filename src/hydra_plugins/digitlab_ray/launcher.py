@@ -15,13 +15,12 @@ class DigitlabRayLauncher(Launcher):
         """Check ``hydra.launcher`` and that the cluster answers, before the sweep starts anything (exit 2 if not)."""
         from digitlab.raylaunch import RayOptions, wait_for_head
 
-        settings = RayOptions(**{key: value for key, value in OmegaConf.to_container(options, resolve=True).items() if key != "_target_"})
+        settings = RayOptions(**_plain({key: value for key, value in options.items() if key != "_target_"}))
         settings.check()
         wait_for_head(settings)
 
     def __init__(self, **options: Any) -> None:
-        self.options = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-                        for key, value in options.items()}  # fmt: skip
+        self.options = _plain(options)
         self.launch_ = None
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -47,3 +46,8 @@ class DigitlabRayLauncher(Launcher):
             abandon(f"digitlab: error: {error}")
         except DigitlabError as error:  # no cluster answers (ClusterUnreachable), ...
             fail(error)
+
+
+def _plain(options) -> dict[str, Any]:
+    """``hydra.launcher``'s values as plain Python (lists and dicts, not OmegaConf containers)."""
+    return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value for key, value in options.items()}
