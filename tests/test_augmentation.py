@@ -4,6 +4,7 @@ dataset allows them."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -108,3 +109,34 @@ def test_a_small_collection_trains_at_least_min_train_steps_and_stops_no_sooner(
     assert (small.total_steps, small.evaluations, small.first_stop) == (500, 63, 63)
     large = training.plan(50_000, min_steps=500)  # 782 steps a pass: epochs decide
     assert (large.total_steps, large.first_stop) == (3 * 782, 1)
+
+
+@pytest.mark.slow
+def test_your_own_folder_trains_with_light_augmentation_for_at_least_500_steps(project: Path):
+    """The real stages by hand on a small folder: preprocess carries min_train_steps into meta.json, train runs 500 steps."""
+    import json
+    import os
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b", "c"):
+        for i in range(12):
+            (project / "data" / "images" / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(project / "data" / "images" / label / f"{i}.png")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    data = ["dataset=folder", "dataset.image_shape=[8,8,1]"]
+    for stage in ("download", "preprocess"):
+        subprocess.run([sys.executable, "-m", f"pipeline.{stage}", *data], cwd=project, env=env, check=True, capture_output=True)
+    meta = json.loads((project / "data" / "prepared" / "meta.json").read_text())
+    assert meta["min_train_steps"] == 500 and meta["flip_keeps_label"] is False
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "model=linear", *data, "models.linear.training.epochs=1", f"output_dir={project / 'out'}",
+         "tracking.log_models=false", "tracking.system_metrics=false"],
+        cwd=project, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((project / "out" / "train.json").read_text())["steps"] == 500
+    from digitlab.models import load_model
+
+    assert "augmentation" in [layer.name for layer in load_model(project / "out" / "model.keras").layers]
