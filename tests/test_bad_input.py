@@ -48,6 +48,8 @@ SETTINGS = [
     (["optimizer@models.linear.optimizer=sgd", "models.linear.optimizer.momentum=1.5"], "models.linear.optimizer.momentum=1.5 is not valid"),
     (["models.cnn.training.early_stopping.patience=0"], "models.cnn.training.early_stopping.patience=0 is not valid"),
     (["models.cnn.training.early_stopping.min_delta=-0.1"], "models.cnn.training.early_stopping.min_delta=-0.1 is not valid"),
+    (["models.cnn.training.early_stopping.start_fraction=1.5"], "models.cnn.training.early_stopping.start_fraction=1.5 is not valid"),
+    (["models.cnn.training.early_stopping.min_delta_images=-1"], "models.cnn.training.early_stopping.min_delta_images=-1 is not valid"),
     (["evaluate.confidence_level=1.5"], "evaluate.confidence_level=1.5 is not valid"),
     (["dataset.validation_size=1.5"], "dataset.validation_size=1.5 is not valid"),
     (["dataset.validation_size=0"], "dataset.validation_size=0 is not valid"),

@@ -155,10 +155,11 @@ def train_and_read_history(workspace: dict, model: str, out: str, *overrides: st
 
 
 def test_early_stopping_stops_and_restores_the_best_weights(workspace, tiny_prepared):
-    # min_delta 1: no evaluation after the first counts as an improvement, so patience 1 stops at the second.
+    # min_delta 1: no evaluation after the first counts as an improvement, so patience 1 stops at the second
+    # (start_fraction 0: the tiny recipe's learning rate decays, which would otherwise hold the stop off).
     result, history = train_and_read_history(
         workspace, "mlp", "early", "models.mlp.training.epochs=6", "models.mlp.training.early_stopping.patience=1",
-        "models.mlp.training.early_stopping.min_delta=1.0",
+        "models.mlp.training.early_stopping.min_delta=1.0", "models.mlp.training.early_stopping.start_fraction=0",
     )  # fmt: skip
     assert result.metrics.stopped_early and result.metrics.epochs == 2 and result.metrics.best_epoch == 1
     assert history["epoch"].tolist() == [0, 1, 2]
@@ -298,3 +299,63 @@ def test_tutorial_schedules_match_the_tutorials():
     assert linear.plan(55_000).model_dump() == {"steps_per_eval": 550, "evaluations": 2, "total_steps": 1000, "first_stop": 0}
     cnn = load_settings(compose(["experiment=tutorial_cnn"], root=ROOT)).recipe.training
     assert cnn.plan(55_000).steps_per_eval == 100 and 100 * cnn.early_stopping.patience == 1000
+
+
+def tutorial_stop(accuracies: list[float], every: int = 100, require: int = 1000) -> tuple[int, int]:
+    """Tutorial 001's loop, as written there: (the iteration it stops after, the iteration of its best validation
+    accuracy) for validation accuracies measured every ``every`` iterations."""
+    best, last_improvement = 0.0, 0
+    for iteration in range(1, every * len(accuracies) + 1):
+        if iteration % every == 0:
+            accuracy = accuracies[iteration // every - 1]
+            if accuracy > best:
+                best, last_improvement = accuracy, iteration
+        if iteration - last_improvement > require:
+            return iteration, last_improvement
+    return every * len(accuracies), last_improvement
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tutorial_cnn_stops_where_the_tutorials_loop_stops(tmp_path: Path, seed: int):
+    """The preset's stopping rule (patience 10 evaluations of 100 steps, any improvement of one image counts) and
+    the tutorial's (stop once more than 1,000 iterations passed since the last improvement) on the same
+    validation curves, with ties and one-image steps on a 5,000-image validation set: same best, same end."""
+    from digitlab.training.callbacks import KeepBestAndStopEarly
+    from digitlab.training.checkpoints import CheckpointDir, RunState
+
+    stopping = load_settings(compose(["experiment=tutorial_cnn"], root=ROOT)).recipe.training.early_stopping
+    rng = np.random.default_rng(seed)
+    # A noisy rising curve in whole images of 5,000, with ties (no improvement): seeds 0 and 1 stop, seed 2 runs to the end.
+    correct = np.minimum(4_800 + np.cumsum(rng.integers(-3, 4, size=100)) + np.arange(100), 4_930)
+    accuracies = [float(c) / 5_000 for c in correct]
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.stop_training = False  # as Keras' fit sets it
+    callback = KeepBestAndStopEarly(RunState(fingerprint="f"), stopping, CheckpointDir(tmp_path, "f"), validation_size=5_000)
+    callback.set_model(model)
+    for epoch, accuracy in enumerate(accuracies):
+        callback.on_epoch_end(epoch, {"val_accuracy": accuracy})
+        if model.stop_training:
+            break
+    stop, best = tutorial_stop(accuracies)
+    assert callback.state.best_epoch * 100 == best
+    # The tutorial checks every iteration and stops one iteration after the 10th flat evaluation; the callback stops
+    # at that evaluation. A run that never stops ends at the same last evaluation.
+    assert (epoch + 1) * 100 == (stop - 1 if model.stop_training else stop)
+
+
+def test_early_stopping_waits_for_the_low_learning_rates_of_a_decaying_schedule():
+    training = tiny_settings().models["cnn"].training  # batch 64, 3 epochs
+    stopping = training.early_stopping.model_copy(update={"start_fraction": 0.8})
+    training = training.model_copy(update={"epochs": 20, "early_stopping": stopping})
+    assert training.plan(6_400).first_stop == 0, "a constant learning rate: patience alone decides"
+    assert training.plan(6_400, decaying=True).first_stop == 16, "cosine over 20 evaluations: not before the 16th"
+    assert training.plan(6_400, min_steps=1_900, decaying=True).first_stop == 19, "min_train_steps wins when later"
+
+
+def test_min_delta_images_is_the_same_rule_on_any_validation_set():
+    stopping = tiny_settings().models["mlp"].training.early_stopping.model_copy(update={"min_delta": 0.0, "min_delta_images": 2})
+    for size in (500, 5_000, 10_000):
+        assert not stopping.improves(1_001 / size, 1_000 / size, size), f"one image more on {size}"
+        assert stopping.improves(1_002 / size, 1_000 / size, size), f"two images more on {size}"
+    loss = stopping.model_copy(update={"monitor": "val_loss", "min_delta": 0.01})
+    assert loss.improves(0.5, 0.52, 500) and not loss.improves(0.5, 0.505, 500), "losses use min_delta"

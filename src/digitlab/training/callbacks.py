@@ -104,15 +104,17 @@ class KeepBestAndStopEarly(keras.callbacks.Callback):
     the run state, so a resumed run keeps counting from where it stopped.
     """
 
-    def __init__(self, state: RunState, stopping: EarlyStoppingSettings, checkpoints: CheckpointDir, first_stop: int = 0) -> None:
+    def __init__(self, state: RunState, stopping: EarlyStoppingSettings, checkpoints: CheckpointDir, first_stop: int = 0,
+                 validation_size: int = 0) -> None:  # fmt: skip
         super().__init__()
         self.state, self.stopping, self.checkpoints = state, stopping, checkpoints
-        self.first_stop = first_stop  # no stop before this evaluation (dataset.min_train_steps)
+        self.first_stop = first_stop  # no stop before this evaluation (Plan.first_stop)
+        self.validation_size = validation_size  # for early_stopping.min_delta_images
 
     def on_epoch_end(self, epoch, logs=None):
         value = float((logs or {})[self.stopping.monitor])
         state = self.state
-        if state.best_value is None or self.stopping.improves(value, state.best_value):
+        if state.best_value is None or self.stopping.improves(value, state.best_value, self.validation_size):
             state.best_value, state.best_epoch, state.wait = value, epoch + 1, 0
             self.checkpoints.save_best(self.model)
             return

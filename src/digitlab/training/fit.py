@@ -46,7 +46,8 @@ class Fit:
         training = self.settings.recipe.training
         x_train, y_train = load_split(prepared, "train")
         x_val, y_val = load_split(prepared, "val")
-        plan = training.plan(len(y_train), self.meta.min_train_steps)
+        plan = training.plan(len(y_train), self.meta.min_train_steps, decaying=self.settings.recipe.optimizer.schedule is not None)
+        self.validation_size = len(y_val)
         sample = (x_train[:INITIAL_TRAIN_SAMPLE].copy(), y_train[:INITIAL_TRAIN_SAMPLE].copy()) if self.state.epoch == 0 else None
         train_data = training_dataset(x_train, y_train, training.batch_size, training.shuffle_buffer, self.settings.seed)
         # tf.data keeps its own copy of the images: dropping ours takes a whole copy
@@ -112,7 +113,7 @@ class Fit:
         own = [
             cb.StopOnNaN(self.name, recipe.optimizer.learning_rate),
             cb.RecordEvaluation(self.state, self.outputs, plan.evaluations),
-            cb.KeepBestAndStopEarly(self.state, recipe.training.early_stopping, self.checkpoints, plan.first_stop),
+            cb.KeepBestAndStopEarly(self.state, recipe.training.early_stopping, self.checkpoints, plan.first_stop, self.validation_size),
             cb.SaveLastCheckpoint(self.state, self.checkpoints, recipe.training.checkpoint.every_epochs, plan.evaluations),
         ]
         if plan.total_steps % plan.steps_per_eval:

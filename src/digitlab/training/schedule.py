@@ -3,24 +3,48 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from digitlab.errors import ConfigError
-from digitlab.schema import NonNegativeFloat, PositiveInt, Strict
+from digitlab.schema import NonNegativeFloat, NonNegativeInt, PositiveInt, Strict
 
 
 class EarlyStoppingSettings(Strict):
+    """When a run stops before its schedule ends (README "Training: early stopping" has the reasoning).
+
+    Two rules make it respect a decaying learning rate and any validation set's size:
+
+    - ``start_fraction``: with a decaying schedule (``optimizer.schedule``), no stop before this
+      fraction of the planned steps. A cosine schedule earns much of its accuracy in its last,
+      low-rate part; a plateau before it is the high rate's noise, not the end of learning.
+    - ``min_delta_images``: for ``val_accuracy``, an improvement must also be at least this many
+      more validation images right. Accuracy moves in steps of one image (1/500 on 500 images,
+      1/5,000 on 5,000), so a fixed ``min_delta`` means a different rule on every set.
+    """
+
     enabled: bool
     monitor: Literal["val_accuracy", "val_loss", "accuracy", "loss"]
     patience: PositiveInt  # evaluations without improvement before stopping
     min_delta: NonNegativeFloat  # smallest change that counts as an improvement
+    min_delta_images: NonNegativeInt = 0  # val_accuracy: and at least this many more validation images right
+    start_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0  # decaying schedule: no stop before this fraction of it
     restore_best_weights: bool
 
-    def improves(self, new: float, old: float) -> bool:
-        """Whether ``new`` is better than ``old`` by more than ``min_delta``."""
+    def threshold(self, validation_size: int) -> float:
+        """The smallest change of the monitored value that counts, on ``validation_size`` validation images."""
+        if self.monitor == "val_accuracy" and self.min_delta_images and validation_size:
+            # Half an image below the count: accuracies are k/n in floating point, never exactly.
+            return max(self.min_delta, (self.min_delta_images - 0.5) / validation_size)
+        return self.min_delta
+
+    def improves(self, new: float, old: float, validation_size: int = 0) -> bool:
+        """Whether ``new`` is better than ``old`` by more than :meth:`threshold`."""
+        delta = self.threshold(validation_size)
         if "loss" in self.monitor:
-            return new < old - self.min_delta
-        return new > old + self.min_delta
+            return new < old - delta
+        return new > old + delta
 
 
 class CheckpointSettings(Strict):
@@ -43,16 +67,21 @@ class TrainingSettings(Strict):
         if self.max_steps is not None and self.eval_every_steps is not None and self.eval_every_steps > self.max_steps:
             raise ConfigError(f"{prefix}.eval_every_steps", self.eval_every_steps, f"at most max_steps ({self.max_steps}), or there is no evaluation")
 
-    def plan(self, train_size: int, min_steps: int = 0) -> Plan:
+    def plan(self, train_size: int, min_steps: int = 0, decaying: bool = False) -> Plan:
         """The schedule on ``train_size`` training images, at least ``min_steps`` optimizer steps long
         (``dataset.min_train_steps``: on a small collection, ``epochs`` passes are few steps) unless
-        ``max_steps`` says otherwise. Early stopping waits until ``min_steps`` are done."""
+        ``max_steps`` says otherwise. Early stopping waits until ``min_steps`` are done and, when the
+        learning rate is ``decaying``, until ``early_stopping.start_fraction`` of the steps are."""
         steps_per_pass = math.ceil(train_size / self.batch_size)
         total_steps = self.max_steps or max(self.epochs * steps_per_pass, min_steps)
         steps_per_eval = self.eval_every_steps or self.eval_every_epochs * steps_per_pass
+        evaluations = math.ceil(total_steps / steps_per_eval)
+        wait_steps = 0 if self.max_steps else min_steps
+        if decaying:
+            wait_steps = max(wait_steps, math.ceil(self.early_stopping.start_fraction * total_steps))
         return Plan(
-            steps_per_eval=steps_per_eval, evaluations=math.ceil(total_steps / steps_per_eval), total_steps=total_steps,
-            first_stop=0 if self.max_steps else min(math.ceil(total_steps / steps_per_eval), math.ceil(min_steps / steps_per_eval)),
+            steps_per_eval=steps_per_eval, evaluations=evaluations, total_steps=total_steps,
+            first_stop=min(evaluations, math.ceil(wait_steps / steps_per_eval)),
         )  # fmt: skip
 
 
