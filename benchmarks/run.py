@@ -63,7 +63,7 @@ PARTS = ("overhead", "caching", "memory", "accuracy")
 OVERHEAD_TARGETS = {"linear": 1.25, "mlp": 1.25, "cnn": 1.10}
 NOOP_REPRO_TARGET_S = 5.0
 RSS_TARGET_RATIO = 3.0
-ACCURACY_TARGETS = {"linear": 0.845, "mlp": 0.89, "cnn": 0.925}
+ACCURACY_TARGETS = {"linear": 0.85, "mlp": 0.905, "cnn": 0.935}  # issue 13
 ACCURACY_TARGET_DATASET = "fashion_mnist"
 
 # The tutorials' presets (conf/experiment/) and what the tutorials published.
@@ -365,8 +365,12 @@ def _profile(project: Path, model: str, work: Path, native: bool) -> dict:
 
 
 def measure_accuracy(work: Path, datasets: list[str], models: list[str], presets: list[str], quick: bool,
-                     projects: dict[str, Path]) -> dict:  # fmt: skip
-    """Default recipes and tutorial presets: train through digitlab, test accuracy of the saved model."""
+                     projects: dict[str, Path], seeds: int = 1, preset_seeds: int = 1) -> dict:  # fmt: skip
+    """Default recipes and tutorial presets: train through digitlab, test accuracy of the saved model.
+
+    Each recipe trains once per seed (``seed`` 42, 43, ...: initialisation, shuffling, dropout; the splits
+    stay): ``test_accuracy`` is the mean, ``test_accuracies`` each seed's, so a single run is not mistaken
+    for a recipe's level."""
     runs = []
     from omegaconf import OmegaConf
 
@@ -390,14 +394,20 @@ def measure_accuracy(work: Path, datasets: list[str], models: list[str], presets
             if experiment:
                 params = write_params(project, [*experiment, f"dataset={dataset}"], f"params-{recipe}.yaml").name
             overrides = _quick_overrides(project / params, model) if quick else []
-            out = work / "accuracy" / dataset / f"{recipe}-{model}"
-            process, train_json = train_digitlab(project, params, model, out, overrides, logs)
-            accuracy = test_accuracy(out / "model.keras", project / "data" / "prepared")
-            runs.append({**entry, "test_accuracy": accuracy, "epochs": train_json["epochs"], "best_epoch": train_json["best_epoch"],
-                         "steps": train_json["steps"], "train_time_s": train_json["train_time_s"], "peak_rss_mb": process.peak_rss_mb})  # fmt: skip
-            log(f"accuracy {dataset} {recipe} ({model}): test accuracy {accuracy:.4f} after {train_json['epochs']} "
-                f"evaluations, {train_json['train_time_s']:.0f}s")  # fmt: skip
-    return {"runs": runs}
+            trained = []
+            for seed in range(42, 42 + (preset_seeds if experiment else seeds)):
+                out = work / "accuracy" / dataset / f"{recipe}-{model}-seed{seed}"
+                process, train_json = train_digitlab(project, params, model, out, [*overrides, f"seed={seed}"], logs)
+                accuracy = test_accuracy(out / "model.keras", project / "data" / "prepared")
+                trained.append({"seed": seed, "test_accuracy": accuracy, "epochs": train_json["epochs"], "best_epoch": train_json["best_epoch"],
+                                "steps": train_json["steps"], "train_time_s": train_json["train_time_s"], "peak_rss_mb": process.peak_rss_mb})  # fmt: skip
+                log(f"accuracy {dataset} {recipe} ({model}) seed {seed}: test accuracy {accuracy:.4f} after "
+                    f"{train_json['epochs']} evaluations, {train_json['train_time_s']:.0f}s")  # fmt: skip
+            accuracies = [one["test_accuracy"] for one in trained]
+            runs.append({**entry, **trained[0], "seeds": [one["seed"] for one in trained], "test_accuracy": sum(accuracies) / len(accuracies),
+                         "test_accuracies": accuracies, "per_seed": trained,
+                         "train_time_s": sum(one["train_time_s"] for one in trained) / len(trained)})  # fmt: skip
+    return {"runs": runs, "seeds": seeds, "preset_seeds": preset_seeds}
 
 
 def _preset_dataset(project: Path, recipe: str) -> str | None:
@@ -526,6 +536,19 @@ def targets_table(results: dict) -> list[dict]:
     return rows
 
 
+def _accuracy_cell(run: dict) -> str:
+    """The mean test accuracy, and with several seeds their range: ``84.62%`` or ``84.62% [84.40, 84.80] (3 seeds)``."""
+    accuracies = run.get("test_accuracies") or [run["test_accuracy"]]
+    if len(accuracies) == 1:
+        return f"{run['test_accuracy']:.2%}"
+    return f"{run['test_accuracy']:.2%} [{min(accuracies):.2%}, {max(accuracies):.2%}] ({len(accuracies)} seeds)"
+
+
+def _evaluations_cell(run: dict) -> str:
+    """Evaluations run (best), each seed's: ``20 (17)`` or ``20 (17), 18 (12), 20 (20)``."""
+    return ", ".join(f"{one['epochs']} ({one['best_epoch']})" for one in run.get("per_seed") or [run])
+
+
 def _profile_markdown(profiles: dict) -> list[str]:
     """The memray breakdown of each profiled model: the live heap at its peak, by digitlab frame."""
     lines = []
@@ -639,8 +662,8 @@ def render_markdown(results: dict) -> str:
                 lines.append(f"| {run['dataset']} | {run['recipe']} | {run['model']} | skipped: {run['skipped']} | | | {run['published'] or ''} |")
                 continue
             lines.append(
-                f"| {run['dataset']} | {run['recipe']} | {run['model']} | {run['test_accuracy']:.2%} | "
-                f"{run['epochs']} ({run['best_epoch']}) | {run['train_time_s']:.0f} | {run['published'] or ''} |"
+                f"| {run['dataset']} | {run['recipe']} | {run['model']} | {_accuracy_cell(run)} | "
+                f"{_evaluations_cell(run)} | {run['train_time_s']:.0f} | {run['published'] or ''} |"
             )
     notes = results.get("notes")
     if notes:
@@ -664,6 +687,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--noop-repeats", type=int, default=None, help="no-op dvc repro runs (default 5; quick: 2)")
     parser.add_argument("--accuracy-datasets", default=None, help="comma-separated (default fashion_mnist,mnist_5k; quick: digits)")
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated tutorial presets ('' for none)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per default recipe in the accuracy part (default 1)")
+    parser.add_argument("--preset-seeds", type=int, default=None, help="seeds per tutorial preset in the accuracy part (default 3; quick: 1)")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the project copies go (default: a temp dir, removed)")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent, help="where results.json and RESULTS.md go")
     args = parser.parse_args(argv)
@@ -686,7 +711,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for dataset in (args.dataset, args.caching_dataset, *args.accuracy_datasets):
         if dataset not in known:
             parser.error(f"dataset {dataset!r} is not in conf/dataset/: allowed {', '.join(sorted(known))}")
-    for name in ("epochs", "repeats", "caching_epochs", "noop_repeats"):
+    args.preset_seeds = (1 if quick else 3) if args.preset_seeds is None else args.preset_seeds
+    for name in ("epochs", "repeats", "caching_epochs", "noop_repeats", "seeds", "preset_seeds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args
@@ -706,6 +732,7 @@ def main(argv: list[str] | None = None) -> dict:
             "quick": args.quick, "parts": args.parts, "models": args.models, "dataset": args.dataset,
             "epochs": args.epochs, "repeats": args.repeats, "caching_dataset": args.caching_dataset,
             "caching_epochs": args.caching_epochs, "accuracy_datasets": args.accuracy_datasets, "presets": args.presets,
+            "seeds": args.seeds, "preset_seeds": args.preset_seeds,
         },  # fmt: skip
         "notes": [],
     }
@@ -718,7 +745,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "caching" in args.parts:
             results["caching"] = measure_caching(work, args.caching_dataset, args.caching_epochs, args.noop_repeats)
         if "accuracy" in args.parts:
-            results["accuracy"] = measure_accuracy(work, args.accuracy_datasets, args.models, args.presets, args.quick, projects)
+            results["accuracy"] = measure_accuracy(work, args.accuracy_datasets, args.models, args.presets, args.quick, projects,
+                                                   args.seeds, args.preset_seeds)  # fmt: skip
         if "memory" in args.parts:
             project = dataset_project(work, args.dataset, projects)
             results["memory"] = measure_memory(project, results.get("accuracy"), results.get("overhead"), args.models, work,

@@ -31,7 +31,8 @@ def bench(tmp_path: Path, *options: str) -> tuple[dict, str]:
 
 def test_overhead_memory_and_accuracy_parts_measure_and_report(tmp_path: Path) -> None:
     results, markdown = bench(
-        tmp_path, "--parts", "overhead,memory,accuracy", "--models", "linear", "--presets", "tutorial_linear,tutorial_cifar100_mlp"
+        tmp_path, "--parts", "overhead,memory,accuracy", "--models", "linear", "--presets", "tutorial_linear,tutorial_cifar100_mlp",
+        "--preset-seeds", "2",
     )
 
     assert {"date", "machine", "versions", "settings", "targets", "wall_s"} <= set(results)
@@ -62,6 +63,12 @@ def test_overhead_memory_and_accuracy_parts_measure_and_report(tmp_path: Path) -
     for key in (("default", "linear"), ("tutorial_linear", "linear")):
         assert 0.0 <= runs[key]["test_accuracy"] <= 1.0 and runs[key]["dataset"] == "digits"
     assert "92.1%" in runs[("tutorial_linear", "linear")]["published"]
+    preset = runs[("tutorial_linear", "linear")]  # two seeds: the mean and each seed's, both trained
+    assert preset["seeds"] == [42, 43] and len(preset["test_accuracies"]) == 2
+    assert preset["test_accuracy"] == pytest.approx(sum(preset["test_accuracies"]) / 2)
+    assert runs[("default", "linear")]["seeds"] == [42]
+    low, high = sorted(preset["test_accuracies"])
+    assert f"[{low:.2%}, {high:.2%}] (2 seeds)" in markdown
     assert "not reachable" in runs[("tutorial_cifar100_mlp", "mlp")]["skipped"]
 
     targets = {row["target"]: row for row in results["targets"]}
