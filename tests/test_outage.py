@@ -26,7 +26,11 @@ from digitlab.training.outputs import TrainOutputs
 from tests.conftest import free_port, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 60
+# The restarted-server test pauses the training (SIGSTOP) until the server answers again, so the training need not
+# outlast the restart: it needs room for about ten evaluations before the pause (3, the outage noticed, 3 more), and
+# then a few more to log to the restarted server. 30 leaves twice that.
+EPOCHS = 30
+NEVER_RESTARTED_EPOCHS = 15  # the server killed after 2 evaluations: 13 more logged into the journal
 
 pytestmark = pytest.mark.slow
 
@@ -69,22 +73,33 @@ class RestartableServer:
         self.process.wait(timeout=30)
 
 
-@pytest.fixture
-def server(tmp_path: Path, _mlflow_template: Path):
-    server = RestartableServer(tmp_path, _mlflow_template)
+@pytest.fixture(scope="module")
+def _module_server(tmp_path_factory: pytest.TempPathFactory, _mlflow_template: Path):
+    """One server for the module (a start costs seconds): each test kills it, and restarts it or leaves it down."""
+    server = RestartableServer(tmp_path_factory.mktemp("outage-server"), _mlflow_template)
     server.start()
     yield server
     if server.process.poll() is None:
         server.kill()
 
 
-def params_file(base: Path, prepared: Path, uri: str, *overrides: str) -> Path:
+@pytest.fixture
+def server(_module_server: RestartableServer):
+    """The module's server, running and answering (started again if a test before left it down). Each test logs
+    to an experiment of its own in its store."""
+    if _module_server.process.poll() is not None:
+        _module_server.start()
+    _module_server.wait_healthy()
+    return _module_server
+
+
+def params_file(base: Path, prepared: Path, uri: str, experiment: str, *overrides: str) -> Path:
     (base / "data").mkdir(exist_ok=True)
     if not (base / "data" / "prepared").exists():
         (base / "data" / "prepared").symlink_to(prepared)
     cfg = tiny_config(
         "model=mlp", f"models.mlp.training.epochs={EPOCHS}", "models.mlp.training.batch_size=8",
-        "models.mlp.training.early_stopping.enabled=false", "tracking.experiment=outage",
+        "models.mlp.training.early_stopping.enabled=false", f"tracking.experiment={experiment}",
         f"paths.data={base / 'data'}", f"tracking.uri={uri}", f"output_dir={base / 'out'}",
         f"paths.checkpoints={base / 'checkpoints'}", "tracking.connect_timeout=5", *overrides,
     )  # fmt: skip
@@ -118,16 +133,16 @@ def wait_until(condition, process: subprocess.Popen, log: Path, what: str, timeo
         time.sleep(0.05)
 
 
-def the_run(uri: str):
+def the_run(uri: str, name: str):
     client = mlflow.MlflowClient(uri)
-    (experiment,) = [e for e in client.search_experiments() if e.name == "outage"]
+    (experiment,) = [e for e in client.search_experiments() if e.name == name]
     (run,) = client.search_runs([experiment.experiment_id])
     return client, run
 
 
-def assert_complete(uri: str, epochs: int) -> None:
+def assert_complete(uri: str, experiment: str, epochs: int) -> None:
     """The run FINISHED with every evaluation's metrics once, in order, and its artifacts and model."""
-    client, run = the_run(uri)
+    client, run = the_run(uri, experiment)
     assert run.info.status == "FINISHED"
     for key in LOGGED_COLUMNS:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
@@ -138,7 +153,7 @@ def assert_complete(uri: str, epochs: int) -> None:
 
 
 def test_server_killed_mid_training_and_restarted(server: RestartableServer, tmp_path: Path, tiny_prepared: Path) -> None:
-    params = params_file(tmp_path, tiny_prepared, server.url, "tracking.delivery_timeout_s=120")
+    params = params_file(tmp_path, tiny_prepared, server.url, "outage-restarted", "tracking.delivery_timeout_s=120")
     # No HTTP-level retries: the first failed delivery reaches the journal's sender at once (MLflow's own
     # retries would otherwise hide an outage shorter than their backoff, and the test would depend on timing).
     process, log = train(params, tmp_path, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
@@ -160,12 +175,13 @@ def test_server_killed_mid_training_and_restarted(server: RestartableServer, tmp
     assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "Traceback" not in text and text.count("unreachable") == 1, text[-3000:]
-    assert_complete(server.url, EPOCHS)
+    assert_complete(server.url, "outage-restarted", EPOCHS)
     assert not any((tmp_path / ".digitlab" / "journal").iterdir()), "delivered journals are removed"
 
 
 def test_server_never_restarted_then_sync(server: RestartableServer, tmp_path: Path, tiny_prepared: Path) -> None:
-    params = params_file(tmp_path, tiny_prepared, server.url, "tracking.delivery_timeout_s=2", f"models.mlp.training.epochs={EPOCHS // 4}")
+    params = params_file(tmp_path, tiny_prepared, server.url, "outage-never-restarted", "tracking.delivery_timeout_s=2",
+                         f"models.mlp.training.epochs={NEVER_RESTARTED_EPOCHS}")
     process, log = train(params, tmp_path)
     wait_until(lambda: evaluations(tmp_path) >= 2, process, log, "2 evaluations")
     server.kill()
@@ -181,7 +197,7 @@ def test_server_never_restarted_then_sync(server: RestartableServer, tmp_path: P
     done = subprocess.run([sys.executable, "-m", "digitlab.cli", "sync"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert journal.name in done.stdout and not journal.exists()
-    assert_complete(server.url, EPOCHS // 4)
+    assert_complete(server.url, "outage-never-restarted", NEVER_RESTARTED_EPOCHS)
     again = subprocess.run([sys.executable, "-m", "digitlab.cli", "sync"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "nothing to deliver" in again.stdout
 
