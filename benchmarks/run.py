@@ -761,7 +761,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(args.out_dir / "RESULTS.md", render_markdown(results))
+    from benchmarks.sections import with_sections
+
+    markdown = args.out_dir / "RESULTS.md"  # the sections other benchmarks keep in it stay
+    atomic_write_text(markdown, with_sections(render_markdown(results), markdown))
     log(f"wrote {args.out_dir / 'results.json'} and {args.out_dir / 'RESULTS.md'} ({results['wall_s'] / 60:.1f} minutes)")
     for row in results["targets"]:
         log(f"{'MET   ' if row['met'] else 'MISSED'} {row['target']}: {row['measured']}")

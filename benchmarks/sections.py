@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+# A section: ``<!-- name[: script] -->`` ... ``<!-- /name -->``, each marker on a line of its own.
+SECTION = re.compile(r"^<!-- ([\w-]+)(?:: [^>]*)? -->\n.*?^<!-- /\1 -->$", re.MULTILINE | re.DOTALL)
+
+
+def sections(path: Path) -> list[str]:
+    """The other scripts' sections in ``path`` (none when it does not exist), in order."""
+    return [match.group(0) for match in SECTION.finditer(path.read_text())] if path.is_file() else []
+
+
+def with_sections(text: str, path: Path) -> str:
+    """``text`` (benchmarks/run.py's own part) followed by the sections ``path`` holds now, so a rerun keeps them."""
+    kept = sections(path)
+    return text.rstrip("\n") + "\n" + "".join(f"\n{section}\n" for section in kept)
 
 
 def write_section(path: Path, section: str, start: str, end: str) -> None:

@@ -22,8 +22,13 @@ from tests.conftest import ROOT, run
 pytestmark = pytest.mark.slow
 
 
+KEPT = "<!-- other: benchmarks/other.py -->\n## Another benchmark's section\n\n| a | b |\n<!-- /other -->"
+
+
 def bench(tmp_path: Path, *options: str) -> tuple[dict, str]:
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "RESULTS.md").write_text(f"# digitlab benchmarks\n\nan older run\n\n{KEPT}\n")  # another script's section
     run([sys.executable, "-m", "benchmarks.run", "--quick", "--work-dir", str(tmp_path / "work"), "--out-dir", str(out), *options],
         ROOT, timeout=900)  # fmt: skip
     return json.loads((out / "results.json").read_text(encoding="utf-8")), (out / "RESULTS.md").read_text(encoding="utf-8")
@@ -74,6 +79,7 @@ def test_overhead_memory_and_accuracy_parts_measure_and_report(tmp_path: Path) -
     targets = {row["target"]: row for row in results["targets"]}
     assert any("linear training time" in target for target in targets)
     assert all(isinstance(row["met"], bool) for row in results["targets"])
+    assert "an older run" not in markdown and markdown.rstrip().endswith(KEPT), "the run's part replaced, the other section kept"
     for heading in ("| target | measured | met |", "## Overhead", "## Memory", "heap is at its peak", "## Accuracy", "tutorial_linear"):
         assert heading in markdown
 
