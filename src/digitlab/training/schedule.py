@@ -28,6 +28,8 @@ class EarlyStoppingSettings(Strict):
     monitor: Literal["val_accuracy", "val_loss", "accuracy", "loss"]
     patience: PositiveInt  # evaluations without improvement before stopping
     min_delta: NonNegativeFloat  # smallest change that counts as an improvement
+    # conf/training/default.yaml sets both (1 and 0.8); these defaults are the rule before them, for a params.yaml
+    # written by an older digitlab (a DVC experiment of an older commit) that has neither.
     min_delta_images: NonNegativeInt = 0  # val_accuracy: and at least this many more validation images right
     start_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0  # decaying schedule: no stop before this fraction of it
     restore_best_weights: bool
