@@ -89,3 +89,26 @@ def test_unknown_part_is_refused_before_any_work(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--parts: unknown speed" in result.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_recipe_cost_trains_both_recipes_side_by_side_and_prints_the_ratio(tmp_path: Path) -> None:
+    """`python -m benchmarks.recipe_cost` for real on the 8x8 digits: the previous and the current linear recipe each
+    train one evaluation through the train stage; the ratio printed is the one its JSON holds."""
+    work = tmp_path / "work"
+    done = run([sys.executable, "-m", "benchmarks.recipe_cost", "--dataset", "digits", "--models", "linear", "--repeats", "1",
+                "--work-dir", str(work), "--no-write"], ROOT, timeout=600)  # fmt: skip
+    measured = json.loads((work / "recipe_cost.json").read_text(encoding="utf-8"))
+    linear = measured["models"]["linear"]
+    assert linear["all"]["before"][0] > 0 and linear["all"]["after"][0] > 0
+    assert linear["training_s"]["after"] == pytest.approx(linear["seconds_per_evaluation"]["after"] * linear["evaluations"]["after"])
+    assert f"pipeline: {measured['pipeline']['ratio']:.2f}x" in done.stdout
+    # Each side trained with its own recipe: one pass in batches of 128 (before) takes more steps than in 256 (now).
+    before, after = (json.loads((work / f"linear-{side}-0" / "train.json").read_text()) for side in ("before", "after"))
+    assert before["epochs"] == after["epochs"] == 1 and before["steps"] > after["steps"]
+
+
+def test_recipe_cost_refuses_an_unknown_model_before_any_work(tmp_path: Path) -> None:
+    result = run([sys.executable, "-m", "benchmarks.recipe_cost", "--models", "linear,resnet", "--work-dir", str(tmp_path / "w")],
+                 ROOT, check=False, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "--models: unknown resnet" in result.stderr
+    assert not (tmp_path / "w").exists()

@@ -167,6 +167,19 @@ def test_early_stopping_stops_and_restores_the_best_weights(workspace, tiny_prep
     assert result.metrics.val_accuracy == pytest.approx(history["val_accuracy"].iloc[1], abs=1e-6)
 
 
+def test_a_decaying_schedule_holds_early_stopping_off_until_start_fraction(workspace):
+    """A real training on the tiny recipe's cosine schedule, where no evaluation counts as an improvement (it would
+    take 100,000 more validation images right) and patience is 1: without start_fraction it would stop at the 2nd
+    evaluation; with start_fraction 0.5 of 6 evaluations it stops at the 3rd, and keeps the 1st as best."""
+    result, history = train_and_read_history(
+        workspace, "mlp", "decaying", "models.mlp.training.epochs=6", "models.mlp.training.early_stopping.patience=1",
+        "models.mlp.training.early_stopping.min_delta=0", "models.mlp.training.early_stopping.min_delta_images=100000",
+        "models.mlp.training.early_stopping.start_fraction=0.5",
+    )  # fmt: skip
+    assert result.metrics.stopped_early and result.metrics.epochs == 3 and result.metrics.best_epoch == 1
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+
+
 def test_evaluation_every_n_steps_and_max_steps(workspace):
     result, history = train_and_read_history(
         workspace, "linear", "steps", "models.linear.training.eval_every_steps=5", "models.linear.training.max_steps=12",
