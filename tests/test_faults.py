@@ -154,6 +154,26 @@ def test_sigterm_ends_the_run_failed_and_the_same_command_resumes_it(env, monkey
     assert store_runs(env)[0].data.tags[runs.PID_TAG] == str(os.getpid()), "the process that resumed a run owns it now"
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop this test makes
+def test_a_sigterm_that_python_drops_inside_a_finaliser_still_stops_the_training_at_the_next_batch():
+    """Python drops an exception raised in a ``__del__`` (TensorFlow runs many between batches): the stop is kept."""
+    from digitlab.training.callbacks import RaiseWhenInterrupted
+    from digitlab.training.loop import _signals_as_interrupt
+
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))  # the handler runs here, inside the finaliser, and its KeyboardInterrupt is dropped
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _signals_as_interrupt() as interruption:
+        SignalledWhileCollected()  # collected at once
+        assert interruption.reason == "stopped by signal SIGTERM"
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            RaiseWhenInterrupted(interruption).on_train_batch_end(0)
+    assert signal.getsignal(signal.SIGTERM) is before, "the handler is put back"
+
+
 @pytest.mark.slow
 def test_sigkill_at_any_moment_loses_nothing_and_leaves_no_run_running(env, monkeypatch):
     """The same command, SIGKILLed again and again: before the first checkpoint, mid-epoch, while

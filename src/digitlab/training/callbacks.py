@@ -41,6 +41,26 @@ def heartbeat() -> None:
     tracking.active_run().journal.set_tags({HEARTBEAT_TAG: str(int(time.time()))})
 
 
+class Interruption:
+    """Whether a signal asked the training to stop (``reason`` is None until then)."""
+
+    reason: str | None = None
+
+
+class RaiseWhenInterrupted(keras.callbacks.Callback):
+    """Raise the recorded stop of an :class:`Interruption` again at the next batch, in case the first was dropped."""
+
+    def __init__(self, interruption: Interruption) -> None:
+        super().__init__()
+        self.interruption = interruption
+
+    def _check(self, *_args, **_kwargs) -> None:
+        if self.interruption.reason is not None:
+            raise KeyboardInterrupt(self.interruption.reason)
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _check
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """A loss that is no longer a number ends the run with an error that says what to change."""
 
