@@ -14,17 +14,20 @@ import signal
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digitlab import lineage, tracking
 from digitlab.data.prepared import load_meta
 from digitlab.journal import deliver_leftovers
 from digitlab.runs import close_stale_runs
 from digitlab.settings import Layout, Settings
-from digitlab.training.callbacks import Interruption, RaiseWhenInterrupted
 from digitlab.training.checkpoints import CheckpointDir, RunState, fingerprint
 from digitlab.training.fit import Fit
 from digitlab.training.lock import hold_output_dir, prepare_output_dir
 from digitlab.training.outputs import TrainOutputs, TrainResult
+
+if TYPE_CHECKING:
+    from digitlab.training.callbacks import Interruption
 
 log = logging.getLogger("digitlab.training")
 
@@ -40,6 +43,8 @@ def train(settings: Settings, layout: Layout | None = None, callbacks: Sequence 
     mlflow_uri = tracking.configure(settings.tracking)
     # Built before any output or MLflow run exists: a model that does not fit the input fails here.
     model = _seeded_model(settings, meta)
+    from digitlab.training.callbacks import RaiseWhenInterrupted  # Keras: imported with the model, not before
+
     outputs = TrainOutputs(output_dir(settings, layout), settings.model)
     with hold_output_dir(outputs.directory, layout.checkpoints):
         prepare_output_dir(outputs.directory)
@@ -117,6 +122,8 @@ def _signals_as_interrupt() -> Iterator[Interruption]:
     raises the recorded stop again at the next batch, so no stop is lost.
     A signal the process was started to ignore stays ignored.
     """
+    from digitlab.training.callbacks import Interruption
+
     interruption = Interruption()
     if threading.current_thread() is not threading.main_thread():
         yield interruption
