@@ -105,8 +105,10 @@ def test_a_small_collection_trains_at_least_min_train_steps_and_stops_no_sooner(
     assert tiny_settings("dataset=folder").dataset.min_train_steps == 500
     plan = training.plan(490)  # 8 steps a pass: 24 steps
     assert (plan.total_steps, plan.evaluations, plan.first_stop) == (24, 3, 0)
-    small = training.plan(490, min_steps=500)
-    assert (small.total_steps, small.evaluations, small.first_stop) == (500, 63, 63)
+    small = training.plan(490, min_steps=500)  # stretched: still 3 evaluations, of 167 steps (the last 166), not 63 of 8
+    assert (small.total_steps, small.steps_per_eval, small.evaluations, small.first_stop) == (500, 167, 3, 3)
+    every_step = training.model_copy(update={"eval_every_steps": 100}).plan(490, min_steps=500)  # an explicit period is kept
+    assert (every_step.total_steps, every_step.steps_per_eval, every_step.evaluations) == (500, 100, 5)
     large = training.plan(50_000, min_steps=500)  # 782 steps a pass: epochs decide
     assert (large.total_steps, large.first_stop) == (3 * 782, 1)
 
@@ -136,7 +138,8 @@ def test_your_own_folder_trains_with_light_augmentation_for_at_least_500_steps(p
         cwd=project, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((project / "out" / "train.json").read_text())["steps"] == 500
+    trained = json.loads((project / "out" / "train.json").read_text())
+    assert (trained["steps"], trained["epochs"]) == (500, 1), "500 steps in the one evaluation its epochs give, not 500 evaluations"
     from digitlab.models import load_model
 
     assert "augmentation" in [layer.name for layer in load_model(project / "out" / "model.keras").layers]

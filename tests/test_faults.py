@@ -152,6 +152,8 @@ def test_sigterm_ends_the_run_failed_and_the_same_command_resumes_it(env, monkey
     same_command(params, monkeypatch)
     assert_resumed(env, interrupted.info.run_id)
     assert store_runs(env)[0].data.tags[runs.PID_TAG] == str(os.getpid()), "the process that resumed a run owns it now"
+    history = mlflow.MlflowClient(tracking_uri=env["uri"]).get_metric_history(interrupted.info.run_id, "val_accuracy")
+    assert len(history) <= EPOCHS + 2, "each evaluation logged once, at most the interrupted one twice"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop this test makes

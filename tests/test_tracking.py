@@ -1,11 +1,7 @@
-"""MLflow connection and runs across processes: a real tracking server, a closed port, a killed training."""
+"""MLflow connection and runs across processes: a real tracking server, a closed port (a killed training: test_faults.py)."""
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,9 +9,7 @@ import mlflow
 import pytest
 
 from digitlab import tracking
-from digitlab.config import load_params
 from digitlab.errors import DigitlabError
-from digitlab.settings import load_settings
 from digitlab.tracking import TrackingSettings
 from digitlab.training.loop import train
 from tests.conftest import free_port, tiny_settings
@@ -97,40 +91,6 @@ def test_training_logs_to_a_real_tracking_server(mlflow_server, data_dir, tmp_pa
     assert len(client.get_metric_history(result.run_id, "val_accuracy")) == 2
     assert {"config.yaml", "curves.png"} <= {a.path for a in client.list_artifacts(result.run_id)}
     assert any((tmp_path / "artifacts").rglob("curves.png")), "artifacts go through the server to its destination"
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)])
-def test_killed_training_resumes_from_its_checkpoint_in_the_same_run(signum, data_dir, tmp_path, mlflow_uri):
-    out = tmp_path / "out"
-    overrides = [
-        *TINY_MLP, "models.mlp.training.epochs=20", "models.mlp.training.early_stopping.enabled=false",
-        f"paths.data={data_dir}", f"tracking.uri={mlflow_uri}", f"output_dir={out}", f"paths.checkpoints={tmp_path / 'resume'}",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", "--params", str(ROOT / "params.yaml"), *overrides],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (states := list((tmp_path / "resume").glob("mlp-*/state.json"))):
-        assert process.poll() is None, process.stderr.read()
-        assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
-        time.sleep(0.05)
-    process.send_signal(signum)
-    process.communicate(timeout=60)
-    assert process.returncode != 0
-    state = json.loads(states[0].read_text())
-    assert 1 <= state["epoch"] < 20
-    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
-    interrupted = client.get_run(state["run_id"])
-    if signum == signal.SIGTERM:  # a KILL leaves no chance to close the run: the resume continues it
-        assert interrupted.info.status == "FAILED" and "SIGTERM" in interrupted.data.tags["error"]
-
-    resumed = train(load_settings(load_params(ROOT / "params.yaml", overrides)))
-    assert resumed.run.run_id == state["run_id"] and resumed.metrics.epochs == 20 and resumed.metrics.steps == 20 * 19
-    runs = client.search_runs([interrupted.info.experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    epochs = [m.step for m in client.get_metric_history(resumed.run.run_id, "val_accuracy")]
-    assert sorted(set(epochs)) == list(range(21)) and len(epochs) <= 22  # at most the killed evaluation twice
 
 
 def test_run_tags_name_the_dvc_experiment_and_commit(monkeypatch):

@@ -72,11 +72,17 @@ class TrainingSettings(Strict):
     def plan(self, train_size: int, min_steps: int = 0, decaying: bool = False) -> Plan:
         """The schedule on ``train_size`` training images, at least ``min_steps`` optimizer steps long
         (``dataset.min_train_steps``: on a small collection, ``epochs`` passes are few steps) unless
-        ``max_steps`` says otherwise. Early stopping waits until ``min_steps`` are done and, when the
-        learning rate is ``decaying``, until ``early_stopping.start_fraction`` of the steps are."""
+        ``max_steps`` says otherwise (the evaluations then stay as many as ``epochs`` gives, each longer).
+        Early stopping waits until ``min_steps`` are done and, when the learning rate is ``decaying``,
+        until ``early_stopping.start_fraction`` of the steps are."""
         steps_per_pass = math.ceil(train_size / self.batch_size)
-        total_steps = self.max_steps or max(self.epochs * steps_per_pass, min_steps)
+        by_epochs = self.epochs * steps_per_pass
+        total_steps = self.max_steps or max(by_epochs, min_steps)
         steps_per_eval = self.eval_every_steps or self.eval_every_epochs * steps_per_pass
+        if not (self.eval_every_steps or self.max_steps) and total_steps > by_epochs:
+            # min_steps stretched the run: the evaluation periods stretch with it, so that a small collection is
+            # evaluated (and checkpointed) as often as its epochs say, not after every pass of a few steps.
+            steps_per_eval = math.ceil(total_steps / math.ceil(self.epochs / self.eval_every_epochs))
         evaluations = math.ceil(total_steps / steps_per_eval)
         wait_steps = 0 if self.max_steps else min_steps
         if decaying:
