@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast params bench bench-tracking bench-launchers compare ui study-ui stack-up stack-down stack-status clean-venv
+.PHONY: setup repro test test-fast params bench bench-tracking bench-launchers bench-server compare ui study-ui stack-up stack-down stack-status clean-venv
 .PHONY: check-slurm
 
 # Create the virtual environment and install digitlab (with test tools) into it.
@@ -47,9 +47,13 @@ bench-tracking: $(STAMP)
 bench-launchers: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.launchers $(BENCH_ARGS)
 
-# The MLflow UI over the project's store, at http://127.0.0.1:5000
+# An mlflow server with and without MLflow's job runner, side by side (benchmarks/RESULTS.md).
+bench-server: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.server_start $(BENCH_ARGS)
+
+# The MLflow UI over the project's store, at http://127.0.0.1:5000 (without MLflow's job runner: benchmarks/server_start.py)
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 # Optuna's dashboard over the project's studies (optuna.db), at http://127.0.0.1:8080
 study-ui: $(STAMP)

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import psutil
 
+from digitlab.stack.server import server_env
+
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -166,7 +168,7 @@ def server_sqlite_target(work: Path, workers: int) -> Target:
         "--artifacts-destination", str(work / "artifacts"),
     ]  # fmt: skip
     with (work / "server.log").open("w") as log:
-        server = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(command, cwd=work, env=server_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     wait_http(url)
 

@@ -42,11 +42,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(command: Callable[[int], list[str]], ready: str, cwd: Path, timeout: float = 120) -> Iterator[str]:
+def serving(command: Callable[[int], list[str]], ready: str, cwd: Path, timeout: float = 120, base_env: dict | None = None) -> Iterator[str]:
     """A real server, ``command(port)``, on a free port of 127.0.0.1: its URL once GET ``ready`` answers; stopped after."""
     port = free_port()
     url, cmd = f"http://127.0.0.1:{port}", command(port)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # as in an activated venv
+    base_env = os.environ if base_env is None else base_env
+    env = {**base_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # as in an activated venv
     log = cwd / f"server-{port}.log"
     with log.open("w") as output:
         server = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
@@ -173,7 +174,9 @@ def mlflow_server(tmp_path: Path, _mlflow_template: Path):
         str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
     ]  # fmt: skip
-    with serving(command, "/health", tmp_path, timeout=90) as uri:
+    from digitlab.stack.server import server_env
+
+    with serving(command, "/health", tmp_path, timeout=90, base_env=server_env()) as uri:  # as digitlab starts its servers
         yield uri
 
 

@@ -21,6 +21,7 @@ import pytest
 import requests
 from omegaconf import OmegaConf
 
+from digitlab.stack.server import server_env
 from digitlab.training.callbacks import LOGGED_COLUMNS
 from digitlab.training.outputs import TrainOutputs
 from tests.conftest import free_port, tiny_config
@@ -51,7 +52,7 @@ class RestartableServer:
             "--artifacts-destination", str(self.base / "artifacts"),
         ]  # fmt: skip
         with (self.base / "server.log").open("a") as log:
-            self.process = subprocess.Popen(command, cwd=self.base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(command, cwd=self.base, env=server_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             self.wait_healthy()
 

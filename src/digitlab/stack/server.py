@@ -37,6 +37,17 @@ def ensure_auth(layout: Layout) -> str:
     return ADMIN
 
 
+# MLflow's job runner (its GenAI jobs; digitlab runs none) is eight more processes per server: 2.4 GB of RSS
+# instead of 0.5 GB, and 25 s of CPU per start instead of 6 s (benchmarks/RESULTS.md, "The tracking server").
+# Off unless the environment turns it on. Every ``mlflow server`` digitlab starts gets it (the stack, tests, benchmarks).
+WITHOUT_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (the process environment) for an ``mlflow server``: without MLflow's job runner unless it says otherwise."""
+    return {**WITHOUT_JOB_RUNNER, **(os.environ if base is None else base)}
+
+
 def command(database: Database, artifacts: str, options: StackOptions) -> list[str]:
     """The server's command line: addresses only, never a password."""
     executable = Path(sys.executable).parent / "mlflow"
@@ -49,7 +60,7 @@ def command(database: Database, artifacts: str, options: StackOptions) -> list[s
 
 def environment(layout: Layout, database: Database, s3_env: dict[str, str]) -> dict[str, str]:
     """The server's environment: where its secrets are (files), the S3 endpoint, the auth config."""
-    env = {**os.environ, **s3_env, "MLFLOW_AUTH_CONFIG_PATH": str(layout.auth_config)}
+    env = {**server_env(), **s3_env, "MLFLOW_AUTH_CONFIG_PATH": str(layout.auth_config)}
     env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secret_value(layout.flask_secret)
     if database.passfile:
         env["PGPASSFILE"] = str(database.passfile)
