@@ -1,9 +1,8 @@
 """The team stack (`digitlab stack`) as a test fixture: one real stack per test session (per xdist worker).
 
 Starting PostgreSQL, moto_server and an mlflow server costs most of a stack test's
-time, so tests/test_stack.py and tests/test_team.py share one: both import
-:func:`stack` and mark their stack tests ``xdist_group("stack")`` (see :data:`needs_stack`),
-which under ``--dist loadgroup`` puts them on one worker. Tests leave the stack up;
+time, so every stack test is in tests/test_team.py, one module, which ``--dist loadfile``
+runs on one worker: the stack starts once. Tests leave the stack up;
 one that stops a service starts it again, and :meth:`Stack.ensure_up` brings back
 whatever a test before left down, whatever the order the tests run in.
 

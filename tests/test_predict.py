@@ -67,10 +67,7 @@ def test_keras_file_and_registered_mlflow_model(reported, known_images):
     # The registered model is the best pipeline model: same answer as loading its file directly.
     direct = digitlab("predict", str(paths[0]), "--model", best, "--top-k", "10", cwd=root)
     assert direct.stdout == registered.stdout
-    slash_form = digitlab(
-        "predict", str(paths[0]), "--model", "models:/digitlab-digits/champion", "--top-k", "10", cwd=root, env={"MLFLOW_TRACKING_URI": uri}
-    )
-    assert slash_form.stdout == registered.stdout
+    # models:/NAME/ALIAS (the form of MLflow's UI) is read as models:/NAME@ALIAS: test_registry_uri_accepts_the_alias_after_a_slash.
 
 
 @pytest.mark.parametrize(
