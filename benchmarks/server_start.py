@@ -28,11 +28,10 @@ import time
 from pathlib import Path
 
 import psutil
-import requests
 
 from benchmarks.sections import write_section
 from digitlab.stack.procs import free_port
-from digitlab.stack.server import WITHOUT_JOB_RUNNER
+from digitlab.stack.server import WITHOUT_JOB_RUNNER, healthy
 
 HERE = Path(__file__).resolve().parent
 SECTION_START, SECTION_END = "<!-- server-start: benchmarks/server_start.py -->", "<!-- /server-start -->"
@@ -51,7 +50,7 @@ def start_once(work: Path, jobs: str, settle: float) -> dict:
         server = subprocess.Popen(command, cwd=store, env={**os.environ, JOBS: jobs}, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)  # fmt: skip
     try:
-        while not _healthy(f"http://127.0.0.1:{port}/health"):
+        while not healthy(f"http://127.0.0.1:{port}"):
             if server.poll() is not None or time.perf_counter() - started > 180:
                 raise SystemExit(f"mlflow server did not start:\n{(store / 'server.log').read_text()[-3000:]}")
             time.sleep(0.1)
@@ -66,13 +65,6 @@ def start_once(work: Path, jobs: str, settle: float) -> dict:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).ok
-    except requests.RequestException:
-        return False
 
 
 def markdown(results: dict) -> str:
