@@ -381,7 +381,10 @@ class Search:
     def run(self) -> None:
         from hydra.core.utils import JobStatus
 
-        done = self.counted()
+        with self._lock(), quiet_heartbeats():
+            # Trials a Ctrl-C or a lost process left RUNNING are failed (and retried) first, so they are not counted.
+            self.recover()
+            done = self.counted()
         log.info(
             "study %s in %s: %d of %d trials already counted", self.options.study_name, _redacted(self.storage_url), done, self.options.n_trials,
         )  # fmt: skip
