@@ -3,7 +3,7 @@
 MLflow 3 starts, beside every ``mlflow server`` on a database store, a job runner and
 a pool of Huey consumers for its GenAI jobs, which digitlab never submits. Every
 server digitlab starts (the team stack, the tests' servers, ``make ui``) runs without
-it (``digitlab.stack.server.WITHOUT_JOB_RUNNER``). This script measures why: for each
+it (``digitlab.stack.server.server_env``). This script measures why: for each
 setting, in alternation, a fresh SQLite store, the seconds until ``/health``
 answers, and, ``--settle`` seconds later, the server's process tree (processes,
 resident memory, CPU seconds since the start).
@@ -31,12 +31,11 @@ import psutil
 
 from benchmarks.sections import write_section
 from digitlab.stack.procs import free_port
-from digitlab.stack.server import WITHOUT_JOB_RUNNER, healthy
+from digitlab.stack.server import JOB_RUNNER_ENV, healthy
 
 HERE = Path(__file__).resolve().parent
 SECTION_START, SECTION_END = "<!-- server-start: benchmarks/server_start.py -->", "<!-- /server-start -->"
 SETTINGS = {"with the job runner (MLflow's default)": "true", "without it (digitlab)": "false"}
-JOBS = next(iter(WITHOUT_JOB_RUNNER))
 
 
 def start_once(work: Path, jobs: str, settle: float) -> dict:
@@ -47,7 +46,7 @@ def start_once(work: Path, jobs: str, settle: float) -> dict:
                "--backend-store-uri", f"sqlite:///{store / 'server.db'}", "--artifacts-destination", str(store / "artifacts")]  # fmt: skip
     started = time.perf_counter()
     with (store / "server.log").open("w") as log:
-        server = subprocess.Popen(command, cwd=store, env={**os.environ, JOBS: jobs}, stdout=log, stderr=subprocess.STDOUT,
+        server = subprocess.Popen(command, cwd=store, env={**os.environ, JOB_RUNNER_ENV: jobs}, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)  # fmt: skip
     try:
         while not healthy(f"http://127.0.0.1:{port}"):
@@ -79,7 +78,7 @@ def markdown(results: dict) -> str:
         "", "| server | s to /health | processes | RSS MB | CPU s since start |", "|---|---|---|---|---|", *rows, "",
         f"Without the job runner: {on['rss_mb'] / off['rss_mb']:.1f}x less memory, {on['cpu_s'] / off['cpu_s']:.1f}x less CPU per start, "
         f"{on['processes'] - off['processes']:.0f} fewer processes. digitlab submits no MLflow jobs; every server it starts runs without "
-        f"them (`{JOBS}=false` unless the environment sets it).",
+        f"them (`{JOB_RUNNER_ENV}=false` unless the environment sets it).",
         SECTION_END, "",
     ])  # fmt: skip
 

@@ -40,12 +40,13 @@ def ensure_auth(layout: Layout) -> str:
 # MLflow's job runner (its GenAI jobs; digitlab runs none) is eight more processes per server: 2.4 GB of RSS
 # instead of 0.5 GB, and 25 s of CPU per start instead of 6 s (benchmarks/RESULTS.md, "The tracking server").
 # Off unless the environment turns it on. Every ``mlflow server`` digitlab starts gets it (the stack, tests, benchmarks).
-WITHOUT_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+JOB_RUNNER_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+WITHOUT_JOB_RUNNER = {JOB_RUNNER_ENV: "false"}
 
 
-def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """``base`` (the process environment) for an ``mlflow server``: without MLflow's job runner unless it says otherwise."""
-    return {**WITHOUT_JOB_RUNNER, **(os.environ if base is None else base)}
+def server_env() -> dict[str, str]:
+    """This process's environment for an ``mlflow server``: without MLflow's job runner unless it says otherwise."""
+    return {**WITHOUT_JOB_RUNNER, **os.environ}
 
 
 def command(database: Database, artifacts: str, options: StackOptions) -> list[str]:
