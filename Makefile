@@ -51,9 +51,10 @@ bench-launchers: $(STAMP)
 bench-server: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.server_start $(BENCH_ARGS)
 
-# The MLflow UI over the project's store, at http://127.0.0.1:5000 (without MLflow's job runner: benchmarks/server_start.py)
+# The MLflow UI over the project's store, at http://127.0.0.1:5000 (UI_PORT=...; without MLflow's job runner: benchmarks/server_start.py)
+UI_PORT ?= 5000
 ui: $(STAMP)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 # Optuna's dashboard over the project's studies (optuna.db), at http://127.0.0.1:8080
 study-ui: $(STAMP)

@@ -112,3 +112,10 @@ def test_recipe_cost_refuses_an_unknown_model_before_any_work(tmp_path: Path) ->
                  ROOT, check=False, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "--models: unknown resnet" in result.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_server_start_refuses_a_bad_repeat_count_before_starting_any_server(tmp_path: Path) -> None:
+    result = run([sys.executable, "-m", "benchmarks.server_start", "--repeats", "0", "--work-dir", str(tmp_path / "w")],
+                 ROOT, check=False, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "--repeats must be at least 1" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()

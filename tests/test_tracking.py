@@ -113,3 +113,38 @@ def test_a_run_starts_even_when_another_experiment_is_active(mlflow_uri: str) ->
     client = mlflow.MlflowClient()
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "accuracy")] == [(1, 0.5), (2, 0.75)]
+
+
+def _ui_tree(port: int) -> list:
+    """The processes of the `make ui` started with UI_PORT=port: make and everything under it."""
+    import psutil
+
+    (make,) = [p for p in psutil.process_iter(["cmdline"]) if f"UI_PORT={port}" in (p.info["cmdline"] or [])]
+    return [make, *make.children(recursive=True)]
+
+
+@pytest.mark.parametrize("job_runner", [None, "true"], ids=["default", "turned-on"])
+def test_make_ui_serves_without_mlflows_job_runner_unless_the_environment_asks(job_runner, tmp_path, monkeypatch):
+    """`make ui` for real (its Makefile rule, this environment's venv, a store in tmp): no Huey workers of MLflow's
+    job runner in its process tree, unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true is exported."""
+    import sys
+
+    from tests.conftest import serving
+
+    if job_runner:
+        monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", job_runner)
+    else:
+        monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    venv = Path(sys.executable).parent.parent
+    command = lambda port: ["make", "-s", "-f", str(ROOT / "Makefile"), "-o", str(venv / ".installed"), "ui",  # noqa: E731
+                            f"VENV={venv}", f"UI_PORT={port}"]  # fmt: skip
+    with serving(command, "/health", tmp_path, timeout=120) as url:
+        port = int(url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 30
+        while True:
+            workers = [p for p in _ui_tree(port) if any("huey" in part or "_job_runner" in part for part in p.cmdline())]
+            if workers or not job_runner or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert bool(workers) == bool(job_runner), [p.cmdline()[:4] for p in _ui_tree(port)]
+    assert (tmp_path / "mlflow.db").is_file(), "the store of the folder make ran in"
