@@ -159,8 +159,8 @@ def test_sigterm_ends_the_run_failed_and_the_same_command_resumes_it(env, monkey
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop this test makes
 def test_a_sigterm_that_python_drops_inside_a_finaliser_still_stops_the_training_at_the_next_batch():
     """Python drops an exception raised in a ``__del__`` (TensorFlow runs many between batches): the stop is kept."""
+    from digitlab import interrupts
     from digitlab.training.callbacks import RaiseWhenInterrupted
-    from digitlab.training.loop import _signals_as_interrupt
 
     class SignalledWhileCollected:
         def __del__(self):
@@ -168,12 +168,38 @@ def test_a_sigterm_that_python_drops_inside_a_finaliser_still_stops_the_training
             sum(range(1000))  # the handler runs here, inside the finaliser, and its KeyboardInterrupt is dropped
 
     before = signal.getsignal(signal.SIGTERM)
-    with _signals_as_interrupt() as interruption:
+    with interrupts.signals_as_interrupt():
         SignalledWhileCollected()  # collected at once
-        assert interruption.reason == "stopped by signal SIGTERM"
+        assert interrupts.stop_reason() == "stopped by signal SIGTERM"
         with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
-            RaiseWhenInterrupted(interruption).on_train_batch_end(0)
+            RaiseWhenInterrupted().on_train_batch_end(0)
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"), interrupts.surfaced():
+            raise OSError("what a library raised after the stop")
     assert signal.getsignal(signal.SIGTERM) is before, "the handler is put back"
+    with interrupts.signals_as_interrupt():
+        assert interrupts.stop_reason() is None, "the next command starts without a stop"
+
+
+def test_a_ctrl_c_inside_omegaconf_waits_until_the_update_is_whole():
+    """A KeyboardInterrupt raised while OmegaConf sets a list leaves a None in it, and OmegaConf then fails
+    with AttributeError (how Hydra printed a traceback for a Ctrl-C between two sweep jobs): the stop waits."""
+    from omegaconf import OmegaConf
+
+    from digitlab import interrupts
+
+    class CtrlCWhileWrapped:
+        def __getattribute__(self, name):
+            if name == "__attrs_attrs__":  # OmegaConf asks each object it wraps, inside its half-done update
+                os.kill(os.getpid(), signal.SIGINT)
+                sum(range(1000))  # the handler runs here, inside OmegaConf
+            return object.__getattribute__(self, name)
+
+    cfg = OmegaConf.create({"sources": [1]}, flags={"allow_objects": True})
+    with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        cfg.sources = [CtrlCWhileWrapped(), CtrlCWhileWrapped()]
+        whole = [type(item).__name__ for item in cfg.sources]
+        time.sleep(5)  # the stop comes here, sent again once OmegaConf returned
+    assert whole == ["CtrlCWhileWrapped", "CtrlCWhileWrapped"]
 
 
 @pytest.mark.slow

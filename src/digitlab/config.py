@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from digitlab import interrupts
 from digitlab.errors import DigitlabError
 from digitlab.io import atomic_write_text
 
@@ -288,16 +289,21 @@ def stage_main(func: Callable[[Settings], Any]) -> Callable[[], Any]:
     def run(cfg: DictConfig) -> Any:
         from digitlab.settings import load_settings
 
+        interrupts.raise_if_stopped()  # a stop that came while Hydra composed this job
         try:
-            return func(load_settings(cfg))
+            with interrupts.surfaced():  # a sweep's next job must not run after a stop its job failed on
+                return func(load_settings(cfg))
         except DigitlabError as error:
             fail(error)
 
     @functools.wraps(func)
     def main() -> Any:
         try:
-            return entry()
-        except KeyboardInterrupt as interrupt:  # Ctrl-C (or SIGTERM, in a training): what was saved is said above
+            with interrupts.signals_as_interrupt():
+                result = entry()
+                interrupts.raise_if_stopped()  # a stop that a library swallowed on the way out
+            return result
+        except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: what was saved is said above
             reason = str(interrupt) or "interrupted"
             print(f"digitlab: {reason}; run the same command again to continue", file=sys.stderr)
             raise SystemExit(130) from None

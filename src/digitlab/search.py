@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from digitlab import interrupts
 from digitlab.errors import ConfigError, DigitlabError
 
 log = logging.getLogger("digitlab.search")
@@ -397,6 +398,7 @@ class Search:
                 for trial, overrides in zip(trials, batch, strict=True):
                     log.info("trial %d of study %s: %s", trial.number, self.options.study_name, " ".join(overrides[len(self.space.fixed) :]))
                 returns = self.launcher.launch(batch, initial_job_idx=self._job_number(trials))
+                interrupts.raise_if_stopped()  # a stop a job failed on: its trial stays in flight, retried next time
                 self.ran += len(batch)
                 for trial, ret in zip(trials, returns, strict=True):
                     self._tell(trial, ret.status == JobStatus.COMPLETED, ret._return_value)

@@ -11,6 +11,7 @@ import time
 
 import keras
 
+from digitlab import interrupts
 from digitlab.errors import DigitlabError
 from digitlab.training.checkpoints import CheckpointDir, RunState
 from digitlab.training.outputs import TrainOutputs
@@ -41,22 +42,11 @@ def heartbeat() -> None:
     tracking.active_run().journal.set_tags({HEARTBEAT_TAG: str(int(time.time()))})
 
 
-class Interruption:
-    """Whether a signal asked the training to stop (``reason`` is None until then)."""
-
-    reason: str | None = None
-
-
 class RaiseWhenInterrupted(keras.callbacks.Callback):
-    """Raise the recorded stop of an :class:`Interruption` again at the next batch, in case the first was dropped."""
-
-    def __init__(self, interruption: Interruption) -> None:
-        super().__init__()
-        self.interruption = interruption
+    """Raise a recorded stop (:mod:`digitlab.interrupts`) again at the next batch, in case the first was dropped."""
 
     def _check(self, *_args, **_kwargs) -> None:
-        if self.interruption.reason is not None:
-            raise KeyboardInterrupt(self.interruption.reason)
+        interrupts.raise_if_stopped()
 
     on_train_batch_end = on_test_batch_end = on_epoch_end = _check
 

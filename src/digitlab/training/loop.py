@@ -7,16 +7,12 @@ Outputs in ``output_dir`` (else ``<paths.models>/<recipe>``) are described in
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import signal
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from digitlab import lineage, tracking
+from digitlab import interrupts, lineage, tracking
 from digitlab.data.prepared import load_meta
 from digitlab.journal import deliver_leftovers
 from digitlab.runs import close_stale_runs
@@ -25,9 +21,6 @@ from digitlab.training.checkpoints import CheckpointDir, RunState, fingerprint
 from digitlab.training.fit import Fit
 from digitlab.training.lock import hold_output_dir, prepare_output_dir
 from digitlab.training.outputs import TrainOutputs, TrainResult
-
-if TYPE_CHECKING:
-    from digitlab.training.callbacks import Interruption
 
 log = logging.getLogger("digitlab.training")
 
@@ -56,13 +49,13 @@ def train(settings: Settings, layout: Layout | None = None, callbacks: Sequence 
         stale_filter = f"tags.model = '{settings.model}'"
         close_stale_runs(settings.tracking, tracking.experiment_id(settings.tracking, meta.dataset), stale_filter, resumed_run)
 
-        with _signals_as_interrupt() as interruption, tracking.tracked_run(settings.tracking, settings.model, meta.dataset, resumed_run) as run:
+        with interrupts.signals_as_interrupt(), tracking.tracked_run(settings.tracking, settings.model, meta.dataset, resumed_run) as run:
             state.run_id = run.run_id
             if resumed_run is None:
                 tracking.log_settings(settings)
             fit = Fit(settings, meta, model, outputs, checkpoints, state)
             with lineage.recorded(settings.tracking, run.journal, meta, layout.prepared, resumed=resumed_run is not None):
-                fit.run(layout.prepared, [RaiseWhenInterrupted(interruption), *callbacks])  # source, datasets, and system metrics while it trains
+                fit.run(layout.prepared, [RaiseWhenInterrupted(), *callbacks])  # source, datasets, and system metrics while it trains
             result = fit.finalise(run)
         result = with_model_uri(result, run.journal.model_uri)
         outputs.write_result(result)
@@ -109,37 +102,3 @@ def _resume_or_start(settings: Settings, checkpoints: CheckpointDir, model):
         return RunState(checkpoints.fingerprint), model
     log.info("resuming %s from %s: evaluation %d, step %d", settings.model, checkpoints.last, state.epoch, state.step)
     return state, load_model(checkpoints.last)
-
-
-@contextlib.contextmanager
-def _signals_as_interrupt() -> Iterator[Interruption]:
-    """Treat SIGTERM (``kill``, a stopped container) like Ctrl-C, so the run is closed properly.
-
-    The handler raises :class:`KeyboardInterrupt` where the main thread is, and
-    also records the stop in the :class:`Interruption` it yields: Python drops an
-    exception raised inside a ``__del__`` or a weakref callback (TensorFlow runs
-    many between two batches), and :class:`~digitlab.training.callbacks.RaiseWhenInterrupted`
-    raises the recorded stop again at the next batch, so no stop is lost.
-    A signal the process was started to ignore stays ignored.
-    """
-    from digitlab.training.callbacks import Interruption
-
-    interruption = Interruption()
-    if threading.current_thread() is not threading.main_thread():
-        yield interruption
-        return
-
-    def interrupt(signum, frame):
-        interruption.reason = "" if signum == signal.SIGINT else f"stopped by signal {signal.Signals(signum).name}"
-        raise KeyboardInterrupt(interruption.reason)
-
-    previous = {
-        signum: signal.signal(signum, interrupt)
-        for signum in (signal.SIGTERM, signal.SIGINT)
-        if signal.getsignal(signum) is not signal.SIG_IGN
-    }
-    try:
-        yield interruption
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -22,7 +22,7 @@ class DigitlabOptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        from digitlab import tracking
+        from digitlab import interrupts, tracking
         from digitlab.config import fail
         from digitlab.errors import DigitlabError
         from digitlab.search import Search, SearchOptions, default_storage, parse_space
@@ -37,4 +37,5 @@ class DigitlabOptunaSweeper(Sweeper):
             search = Search(options, storage, space, self.launcher, Path(self.config.hydra.sweep.dir))
         except (DigitlabError, TypeError) as error:
             fail(error if isinstance(error, DigitlabError) else DigitlabError(f"hydra.sweeper: {error}"))
-        search.run()
+        with interrupts.surfaced():  # Ctrl-C while Hydra composed a trial's configuration: a clean stop
+            search.run()
