@@ -41,6 +41,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def command_lines(processes) -> list[list[str]]:
+    """The command lines of ``processes`` still running (one that ended or is a zombie meanwhile has none)."""
+    import psutil
+
+    lines = []
+    for process in processes:
+        try:
+            lines.append(process.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+            continue
+    return lines
+
+
+def job_runner_lines(processes) -> list[list[str]]:
+    """The command lines of MLflow's job runner (its Huey consumers) among ``processes``."""
+    return [line for line in command_lines(processes) if any("huey" in part or "_job_runner" in part for part in line)]
+
+
 @contextlib.contextmanager
 def serving(command: Callable[[int], list[str]], ready: str, cwd: Path, timeout: float = 120, base_env: dict | None = None) -> Iterator[str]:
     """A real server, ``command(port)``, on a free port of 127.0.0.1: its URL once GET ``ready`` answers; stopped after."""

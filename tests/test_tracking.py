@@ -129,7 +129,7 @@ def test_make_ui_serves_without_mlflows_job_runner_unless_the_environment_asks(j
     job runner in its process tree, unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true is exported."""
     import sys
 
-    from tests.conftest import serving
+    from tests.conftest import command_lines, job_runner_lines, serving
 
     if job_runner:
         monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", job_runner)
@@ -142,9 +142,9 @@ def test_make_ui_serves_without_mlflows_job_runner_unless_the_environment_asks(j
         port = int(url.rsplit(":", 1)[1])
         deadline = time.monotonic() + 30
         while True:
-            workers = [p for p in _ui_tree(port) if any("huey" in part or "_job_runner" in part for part in p.cmdline())]
+            workers = job_runner_lines(_ui_tree(port))
             if workers or not job_runner or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        assert bool(workers) == bool(job_runner), [p.cmdline()[:4] for p in _ui_tree(port)]
+        assert bool(workers) == bool(job_runner), [line[:4] for line in command_lines(_ui_tree(port))]
     assert (tmp_path / "mlflow.db").is_file(), "the store of the folder make ran in"
