@@ -196,6 +196,29 @@ def test_evaluation_every_n_epochs(workspace):
     assert history["step"].tolist() == [0, 2 * 19, 4 * 19] and result.metrics.epochs == 2
 
 
+def test_label_smoothing_and_weight_decay_train_softer_and_smaller_models(workspace, tiny_prepared):
+    """Real trainings of the linear recipe: label smoothing makes the model less sure of its answers,
+    decoupled weight decay keeps its weights smaller; both still learn."""
+    steady = ("models.linear.training.epochs=5", "models.linear.training.early_stopping.enabled=false")
+    plain, _ = train_and_read_history(workspace, "linear", "plain", *steady)
+    smooth, _ = train_and_read_history(workspace, "linear", "smooth", *steady, "models.linear.training.label_smoothing=0.3")
+    decay, _ = train_and_read_history(workspace, "linear", "decay", *steady, "models.linear.optimizer.weight_decay=1.0")
+    x_val, _ = load_split(tiny_prepared, "val")
+    models = {name: keras.models.load_model(workspace["base"] / name / "model.keras") for name in ("plain", "smooth", "decay")}
+
+    def sureness(model) -> float:  # the mean probability of the class the model chose
+        return float(np.max(model.predict(x_val.astype("float32"), verbose=0), axis=1).mean())
+
+    def weight_norm(model) -> float:
+        return float(sum(np.square(w).sum() for w in model.get_weights()))
+
+    assert models["smooth"].loss.get_config()["label_smoothing"] == pytest.approx(0.3)
+    assert sureness(models["smooth"]) < sureness(models["plain"]) - 0.05
+    assert models["decay"].optimizer.weight_decay == pytest.approx(1.0)
+    assert weight_norm(models["decay"]) < 0.9 * weight_norm(models["plain"])
+    assert min(r.metrics.val_accuracy for r in (plain, smooth, decay)) > 0.5
+
+
 class InterruptAt(keras.callbacks.Callback):
     """Ctrl-C at the end of an evaluation (after digitlab's checkpoint of it)."""
 

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from digitlab.data.prepared import Meta, load_split
 from digitlab.settings import Settings
 from digitlab.training.checkpoints import CheckpointDir, RunState
@@ -46,6 +48,8 @@ class Fit:
         training = self.settings.recipe.training
         x_train, y_train = load_split(prepared, "train")
         x_val, y_val = load_split(prepared, "val")
+        if training.label_smoothing:  # Keras smooths one-hot targets only
+            y_train, y_val = (np.eye(self.meta.num_classes, dtype=np.float32)[y] for y in (y_train, y_val))
         plan = training.plan(len(y_train), self.meta.min_train_steps, decaying=self.settings.recipe.optimizer.schedule is not None)
         self.validation_size = len(y_val)
         sample = (x_train[:INITIAL_TRAIN_SAMPLE].copy(), y_train[:INITIAL_TRAIN_SAMPLE].copy()) if self.state.epoch == 0 else None
@@ -87,11 +91,12 @@ class Fit:
         from digitlab.training.inputs import evaluation_dataset
 
         recipe = self.settings.recipe
-        self.model.compile(
-            optimizer=recipe.optimizer.build(total_steps),
-            loss="sparse_categorical_crossentropy",
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
+        if recipe.training.label_smoothing:  # one-hot targets (run())
+            loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.training.label_smoothing)
+            accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+        else:
+            loss, accuracy = keras.losses.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.model.compile(optimizer=recipe.optimizer.build(total_steps), loss=loss, metrics=[accuracy])
         before_val = self.model.evaluate(self.val_data, verbose=0, return_dict=True)
         sample = evaluation_dataset(x_sample, y_sample, max(recipe.training.batch_size, 256))
         before_train = self.model.evaluate(sample, verbose=0, return_dict=True)
@@ -153,8 +158,6 @@ class Fit:
         return result
 
     def _metrics(self, final, final_val: dict) -> TrainMetrics:
-        import numpy as np
-
         state = self.state
         trained_images = (state.step - self.steps_before) * self.settings.recipe.training.batch_size
         return TrainMetrics(

@@ -13,6 +13,9 @@ class OptimizerSettings(Strict):
     momentum: Fraction = 0.0  # sgd and rmsprop; ignored by adam and adagrad
     clipnorm: PositiveFloat | None = None  # clip each gradient to this L2 norm
     schedule: Literal["cosine", "exponential"] | None = None  # decay over the whole run
+    # Decoupled weight decay (AdamW's, for any optimizer): each step shrinks the weights by
+    # learning rate x weight_decay. null: none.
+    weight_decay: PositiveFloat | None = None
 
     def build(self, total_steps: int):
         """A Keras optimizer; ``schedule`` decays the learning rate over ``total_steps`` steps."""
@@ -24,7 +27,7 @@ class OptimizerSettings(Strict):
         elif self.schedule == "exponential":
             # Down to 1% of the initial rate by the end of the run.
             learning_rate = keras.optimizers.schedules.ExponentialDecay(learning_rate, decay_steps=max(total_steps, 1), decay_rate=0.01)
-        common = {"learning_rate": learning_rate, "clipnorm": self.clipnorm}
+        common = {"learning_rate": learning_rate, "clipnorm": self.clipnorm, "weight_decay": self.weight_decay}
         if self.name == "sgd":
             return keras.optimizers.SGD(momentum=self.momentum, **common)
         if self.name == "rmsprop":

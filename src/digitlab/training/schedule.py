@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from digitlab.errors import ConfigError
-from digitlab.schema import NonNegativeFloat, NonNegativeInt, PositiveInt, Strict
+from digitlab.schema import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Strict
 
 
 class EarlyStoppingSettings(Strict):
@@ -64,6 +64,9 @@ class TrainingSettings(Strict):
     eval_every_steps: PositiveInt | None = None  # wins over eval_every_epochs when set
     checkpoint: CheckpointSettings
     resume: bool
+    # Train towards (1 - s) on the right class and s / classes on each: a softer target, a less
+    # over-confident model. 0: the plain cross-entropy (an older params.yaml keeps it).
+    label_smoothing: Fraction = 0.0
 
     def check(self, prefix: str) -> None:
         if self.max_steps is not None and self.eval_every_steps is not None and self.eval_every_steps > self.max_steps:
