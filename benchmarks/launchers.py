@@ -170,4 +170,6 @@ READING = (
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks import run_main
+
+    run_main(main, sys.argv[1:])

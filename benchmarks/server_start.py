@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.sections import write_section
-from digitlab.stack.procs import free_port
+from digitlab.stack.procs import free_port, terminate_started
 from digitlab.stack.server import JOB_RUNNER_ENV, healthy
 
 HERE = Path(__file__).resolve().parent
@@ -62,8 +61,7 @@ def start_once(work: Path, jobs: str, settle: float) -> dict:
             "cpu_s": sum(p.cpu_times().user + p.cpu_times().system for p in tree),
         }  # fmt: skip
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        terminate_started(server)
 
 
 def markdown(results: dict) -> str:
@@ -116,4 +114,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks import run_main
+
+    raise SystemExit(run_main(main, sys.argv[1:]))

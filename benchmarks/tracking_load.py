@@ -42,6 +42,7 @@ from pathlib import Path
 
 import psutil
 
+from digitlab.stack.procs import terminate_started
 from digitlab.stack.server import server_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,8 +174,7 @@ def server_sqlite_target(work: Path, workers: int) -> Target:
     wait_http(url)
 
     def stop() -> None:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
+        terminate_started(server)  # SIGKILL after 20 s: a server whose writers were killed mid-call may not end
 
     return Target("server-sqlite", url, [server.pid], stop=stop)
 
@@ -223,19 +223,25 @@ def measure(target: Target, writers: int, steps: int) -> Result:
     context = mp.get_context("spawn")
     barrier, queue = context.Barrier(writers + 1), context.Queue()
     processes = [context.Process(target=writer, args=(target.uri, experiment_id, steps, barrier, queue)) for _ in range(writers)]
-    for process in processes:
-        process.start()
     monitors = [PeakRss(pids) for pids in (target.server_pids, target.database_pids)]
-    for monitor in monitors:
-        monitor.start()
-    barrier.wait()  # every writer has imported MLflow: the clock starts now
-    started = time.perf_counter()
-    reports = [queue.get(timeout=1800) for _ in processes]
-    seconds = time.perf_counter() - started
-    for process in processes:
-        process.join(timeout=60)
-    for monitor in monitors:
-        monitor.done.set()
+    try:
+        for process in processes:
+            process.start()
+        for monitor in monitors:
+            monitor.start()
+        barrier.wait()  # every writer has imported MLflow: the clock starts now
+        started = time.perf_counter()
+        reports = [queue.get(timeout=1800) for _ in processes]
+        seconds = time.perf_counter() - started
+        for process in processes:
+            process.join(timeout=60)
+    finally:  # a stop or an error: no writer outlives the measurement
+        for monitor in monitors:
+            monitor.done.set()
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
     return summarise(target, writers, steps, reports, seconds, [m.peak for m in monitors])
 
 
@@ -330,12 +336,19 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {result.metrics_per_s:,.0f} metrics/s, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, "
                   f"{result.errors} errors, {result.metrics_lost} lost", flush=True)  # fmt: skip
             results.append(result)
+            section = write_results(results, args, started)  # after each case: a stopped run keeps what it measured
+    print(section)
+
+
+def write_results(results: list, args: argparse.Namespace, started: str) -> str:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "results-tracking.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     section = markdown(results, args, started)
     write_section(args.out_dir / "RESULTS.md", section)
-    print(section)
+    return section
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from benchmarks import run_main
+
+    run_main(main, sys.argv[1:])

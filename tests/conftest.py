@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -83,8 +82,9 @@ def serving(command: Callable[[int], list[str]], ready: str, cwd: Path, timeout:
         yield url
     finally:
         if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            from digitlab.stack.procs import terminate_started
+
+            terminate_started(server)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -63,6 +63,13 @@ def terminate(process: psutil.Process, timeout: float = 20) -> None:
     wait_gone(survivors, 5)
 
 
+def terminate_started(popen: subprocess.Popen, timeout: float = 20) -> None:
+    """:func:`terminate` for a process this one started (a group leader), then reap it."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        terminate(psutil.Process(popen.pid), timeout)
+    popen.wait(timeout=5)
+
+
 def gone(process: psutil.Process) -> bool:
     """Whether ``process`` has ended (a zombie nobody reaped yet has)."""
     try:
