@@ -170,6 +170,6 @@ READING = (
 
 
 if __name__ == "__main__":
-    from benchmarks import run_main
+    from digitlab import interrupts
 
-    run_main(main, sys.argv[1:])
+    interrupts.run_command(lambda: main(sys.argv[1:]), sys.argv[0], "what it started is stopped")

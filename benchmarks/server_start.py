@@ -114,6 +114,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from benchmarks import run_main
+    from digitlab import interrupts
 
-    raise SystemExit(run_main(main, sys.argv[1:]))
+    raise SystemExit(interrupts.run_command(lambda: main(sys.argv[1:]), sys.argv[0], "what it started is stopped"))

@@ -349,6 +349,6 @@ def write_results(results: list, args: argparse.Namespace, started: str) -> str:
 
 
 if __name__ == "__main__":
-    from benchmarks import run_main
+    from digitlab import interrupts
 
-    run_main(main, sys.argv[1:])
+    interrupts.run_command(lambda: main(sys.argv[1:]), sys.argv[0], "what it started is stopped")

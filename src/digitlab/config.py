@@ -298,15 +298,8 @@ def stage_main(func: Callable[[Settings], Any]) -> Callable[[], Any]:
 
     @functools.wraps(func)
     def main() -> Any:
-        try:
-            with interrupts.signals_as_interrupt():
-                result = entry()
-                interrupts.raise_if_stopped()  # a stop that a library swallowed on the way out
-            return result
-        except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: what was saved is said above
-            reason = str(interrupt) or "interrupted"
-            print(f"digitlab: {reason}; run the same command again to continue", file=sys.stderr)
-            raise SystemExit(130) from None
+        # Ctrl-C or SIGTERM: what was saved is said above.
+        return interrupts.run_command(entry, "digitlab", "run the same command again to continue")
 
     def entry() -> Any:
         setup_logging()

@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Modules that an exception raised mid-update leaves inconsistent: a stop waits until the main thread is out.
@@ -108,3 +110,16 @@ def surfaced() -> Iterator[None]:
         if _reason is None:
             raise
         raise KeyboardInterrupt(_reason) from error
+
+
+def run_command(main: Callable[[], Any], prog: str, then: str) -> Any:
+    """A command's ``main`` within :func:`signals_as_interrupt`: a stop, even one a library swallowed,
+    ends it with one line, ``<prog>: <reason>; <then>``, and exit status 130."""
+    try:
+        with signals_as_interrupt():
+            result = main()
+            raise_if_stopped()  # a stop that a library swallowed on the way out
+        return result
+    except KeyboardInterrupt as stop:
+        print(f"{prog}: {stop or 'interrupted'}; {then}", file=sys.stderr)
+        raise SystemExit(130) from None
