@@ -182,24 +182,54 @@ def test_a_sigterm_that_python_drops_inside_a_finaliser_still_stops_the_training
 
 def test_a_ctrl_c_inside_omegaconf_waits_until_the_update_is_whole():
     """A KeyboardInterrupt raised while OmegaConf sets a list leaves a None in it, and OmegaConf then fails
-    with AttributeError (how Hydra printed a traceback for a Ctrl-C between two sweep jobs): the stop waits."""
+    with AttributeError (how Hydra printed a traceback for a Ctrl-C between two sweep jobs): the stop waits
+    until OmegaConf returns, and comes as if the assignment had raised it."""
     from omegaconf import OmegaConf
 
     from digitlab import interrupts
 
     class CtrlCWhileWrapped:
+        armed = True
+
         def __getattribute__(self, name):
-            if name == "__attrs_attrs__":  # OmegaConf asks each object it wraps, inside its half-done update
+            if name == "__attrs_attrs__" and CtrlCWhileWrapped.armed:  # asked inside OmegaConf's half-done update
+                CtrlCWhileWrapped.armed = False
                 os.kill(os.getpid(), signal.SIGINT)
                 sum(range(1000))  # the handler runs here, inside OmegaConf
             return object.__getattribute__(self, name)
 
     cfg = OmegaConf.create({"sources": [1]}, flags={"allow_objects": True})
+    started = time.monotonic()
     with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
         cfg.sources = [CtrlCWhileWrapped(), CtrlCWhileWrapped()]
-        whole = [type(item).__name__ for item in cfg.sources]
-        time.sleep(5)  # the stop comes here, sent again once OmegaConf returned
-    assert whole == ["CtrlCWhileWrapped", "CtrlCWhileWrapped"]
+        time.sleep(5)
+    assert time.monotonic() - started < 2, "the stop came as OmegaConf returned, not later"
+    assert [type(item).__name__ for item in cfg.sources] == ["CtrlCWhileWrapped", "CtrlCWhileWrapped"]
+
+
+def test_ctrl_c_at_random_moments_of_mlflow_writes_leaves_the_sqlite_store_writable(tmp_path: Path):
+    """A KeyboardInterrupt inside SQLAlchemy left a connection mid-transaction holding the SQLite file's lock:
+    every later write of the process waited 20 s and failed ('database is locked'). The stop waits for the
+    store's call to return."""
+    import random
+    import threading
+
+    from digitlab import interrupts
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("stops")).info.run_id
+    chance = random.Random(0)
+    for attempt in range(30):
+        stop = threading.Timer(chance.uniform(0, 0.02), os.kill, (os.getpid(), signal.SIGINT))
+        with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
+            stop.start()
+            for step in range(1000):
+                client.log_metric(run_id, "m", step)
+        stop.join()
+        started = time.monotonic()
+        client.set_tag(run_id, "after", str(attempt))  # raised MlflowException after 20 s, before
+        assert time.monotonic() - started < 5, f"a write after stop {attempt} waited for a lock"
+    assert client.get_run(run_id).data.tags["after"] == "29"
 
 
 @pytest.mark.slow

@@ -6,9 +6,14 @@ not always arrive as itself:
 
 - inside OmegaConf, a KeyboardInterrupt leaves a half-set node behind, and the
   next step fails with an ``AttributeError`` (Hydra composes a sweep's next job
-  there, between two jobs, and would print it as a traceback): while the main
-  thread is in such a module the stop waits, and the signal is sent again a
-  moment later, until it lands outside;
+  there, between two jobs, and would print it as a traceback); inside
+  SQLAlchemy (MLflow's and Optuna's stores) it leaves a connection checked out
+  in the middle of a transaction, whose lock on the SQLite file makes every
+  later write of the process wait 20 s and fail, and closing it may raise an
+  error of its own. While the main thread is in such a module the stop waits:
+  a profile hook (``sys.setprofile``, on the main thread only, while a stop
+  waits) raises it at the first call or return outside, so it arrives as if
+  the library's call had raised it after finishing its work;
 - Python drops an exception raised inside a ``__del__`` or a weakref callback
   (TensorFlow runs many between two batches): :func:`raise_if_stopped`, at the
   next batch, raises the recorded stop again;
@@ -22,7 +27,7 @@ never a traceback. A signal the process was started to ignore stays ignored.
 from __future__ import annotations
 
 import contextlib
-import os
+import inspect
 import signal
 import sys
 import threading
@@ -32,37 +37,49 @@ from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Modules that an exception raised mid-update leaves inconsistent: a stop waits until the main thread is out.
-FRAGILE_MODULES = ("omegaconf",)
-RESEND_S = 0.05
+FRAGILE_MODULES = ("omegaconf", "sqlalchemy")
+# A generator's frame left or resumed is not a way out: raising there would run its cleanup half-way.
+_GENERATORS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 _reason: str | None = None  # the stop asked of this process, once a signal came
 _depth = 0  # nested signals_as_interrupt() blocks (a sweep, then its job's training)
-_resend_pending = False  # a stop that waits for the main thread to leave a fragile module
+_waiting = False  # a stop waits for the main thread to leave a fragile module (the profile hook is set)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    global _reason, _resend_pending
+    global _reason, _waiting
+    if _waiting:  # a second signal while the stop waits: it still waits
+        return
     _reason = "" if signum == signal.SIGINT else f"stopped by signal {signal.Signals(signum).name}"
     if _inside(frame, FRAGILE_MODULES):
-        if not _resend_pending:
-            _resend_pending = True
-            resend = threading.Timer(RESEND_S, _resend, (signum,))
-            resend.daemon = True
-            resend.start()
+        _waiting = True
+        sys.setprofile(_raise_outside)
         return
-    _resend_pending = False
     raise KeyboardInterrupt(_reason)
 
 
-def _resend(signum: int) -> None:
-    if _depth > 0 and _resend_pending:  # still inside the handled block, and the stop not raised meanwhile
-        os.kill(os.getpid(), signum)
+def _raise_outside(frame: FrameType, event: str, arg: object) -> None:
+    """Profile hook while a stop waits: raise it at the first call made, or return to, outside a fragile module."""
+    if event == "call":  # raised here, the call is not made: the caller sees it raise
+        outside = frame.f_back
+        if outside is None or _module(outside) in FRAGILE_MODULES or frame.f_code.co_name == "__del__":
+            return
+    elif event == "return" and _module(frame) in FRAGILE_MODULES:  # raised here, the caller sees the call raise
+        outside = frame.f_back
+    else:
+        return
+    if frame.f_code.co_flags & _GENERATORS or _inside(outside, FRAGILE_MODULES):
+        return
+    raise_if_stopped()
+
+
+def _module(frame: FrameType) -> str:
+    return frame.f_globals.get("__name__", "").partition(".")[0]
 
 
 def _inside(frame: FrameType | None, modules: tuple[str, ...]) -> bool:
     while frame is not None:
-        name = frame.f_globals.get("__name__", "")
-        if name.partition(".")[0] in modules:
+        if _module(frame) in modules:
             return True
         frame = frame.f_back
     return False
@@ -75,7 +92,15 @@ def stop_reason() -> str | None:
 
 def raise_if_stopped() -> None:
     if _reason is not None:
+        _stop_waiting()
         raise KeyboardInterrupt(_reason)
+
+
+def _stop_waiting() -> None:
+    global _waiting
+    if _waiting:
+        _waiting = False
+        sys.setprofile(None)
 
 
 @contextlib.contextmanager
@@ -85,12 +110,13 @@ def signals_as_interrupt() -> Iterator[None]:
     The outermost block starts with no stop recorded; on leaving it, the handlers
     that were there before are put back. Outside the main thread it does nothing.
     """
-    global _reason, _depth, _resend_pending
+    global _reason, _depth
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     if _depth == 0:
-        _reason, _resend_pending = None, False
+        _reason = None
+        _stop_waiting()
     previous = {signum: signal.signal(signum, _interrupt) for signum in SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN}
     _depth += 1
     try:
@@ -99,6 +125,8 @@ def signals_as_interrupt() -> Iterator[None]:
         _depth -= 1
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if _depth == 0:
+            _stop_waiting()
 
 
 @contextlib.contextmanager
@@ -109,7 +137,10 @@ def surfaced() -> Iterator[None]:
     except Exception as error:
         if _reason is None:
             raise
-        raise KeyboardInterrupt(_reason) from error
+        try:
+            raise_if_stopped()
+        except KeyboardInterrupt as stop:
+            raise stop from error
 
 
 def run_command(main: Callable[[], Any], prog: str, then: str) -> Any:
@@ -121,5 +152,5 @@ def run_command(main: Callable[[], Any], prog: str, then: str) -> Any:
             raise_if_stopped()  # a stop that a library swallowed on the way out
         return result
     except KeyboardInterrupt as stop:
-        print(f"{prog}: {stop or 'interrupted'}; {then}", file=sys.stderr)
+        print(f"{prog}: {str(stop) or 'interrupted'}; {then}", file=sys.stderr)
         raise SystemExit(130) from None
