@@ -34,6 +34,18 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, 
     return result
 
 
+def start_queue(project: Path, env: dict, jobs: int = 2) -> None:
+    """`dvc queue start -j <jobs>`, output to a file: its workers inherit the command's stdout and stderr, so a
+    captured run of it lasts until the last worker exits (forever when one misses its shutdown, as DVC's workers
+    sometimes do when two finish together; `dvc queue stop` ends it)."""
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env}
+    log = project.parent / f"queue-start-{project.name}.log"
+    with log.open("w") as output:
+        started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=project, env=full_env, stdout=output,
+                                 stderr=subprocess.STDOUT, timeout=120)  # fmt: skip
+    assert started.returncode == 0 and "Started" in log.read_text(), log.read_text()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ import mlflow
 import pytest
 import yaml
 
-from .conftest import run
+from .conftest import run, start_queue
 
 # The module fixture runs the whole pipeline and its follow-ups in the first test's setup: about 4 minutes
 # on 2 idle cores, more than make test's --timeout 900 when other jobs share the machine.
@@ -128,7 +128,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
             time.sleep(0.2)
         for name, override in (("queued-mlp", "models.mlp.training.epochs=3"), ("queued-linear", "models.linear.training.epochs=1")):
             run(["dvc", "exp", "run", "--queue", "-n", name, "-S", override], project, env=env)
-        run(["dvc", "queue", "start", "-j", "2"], project, env=env)
+        start_queue(project, env)
         queue = wait_for_queue(project, env)
         assert temp.wait(timeout=900) == 0, temp_log.read_text()[-3000:]
     finally:

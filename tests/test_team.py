@@ -30,7 +30,7 @@ import yaml
 
 from digitlab.cli import main as digitlab_main
 
-from .conftest import ROOT, command_lines, job_runner_lines, run
+from .conftest import ROOT, command_lines, job_runner_lines, run, start_queue
 from .stack_fixtures import CLIENT_ENV, DIGITLAB, Stack, ended, needs_stack, stack, stack_pids  # noqa: F401 (stack: the fixture)
 from .test_pipeline_e2e import GIT, make_project, stages_run, wait_for_queue
 
@@ -180,7 +180,7 @@ def start_queued_experiments_and_a_sweep(team: dict, stack: Stack) -> dict:
     for name, count in epochs.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", "tracking=team", "-S", f"tracking.uri={stack.url}",
              "-S", f"models.linear.training.epochs={count}"], project, env=env)  # fmt: skip
-    run(["dvc", "queue", "start", "-j", "2"], project, env=env)
+    start_queue(project, env)
     # Meanwhile a Hydra sweep, two jobs at once (joblib), on the project's prepared data: four trainings log to the
     # server at once. Seeds of its own: a recipe, dataset and seed has one checkpoint folder, and team-q1 trains the same
     # linear recipe at the same time (README "Reliability": not guaranteed).
