@@ -25,10 +25,14 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
+def user_env(env: dict | None = None) -> dict:
+    """This process's environment with the venv's bin first on PATH (as in an activated venv), and ``env`` on top."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+
+
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command as a user would, capturing its output; fail with the output shown."""
-    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=cwd, env=user_env(env), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
     return result
@@ -38,10 +42,9 @@ def start_queue(project: Path, env: dict, jobs: int = 2) -> None:
     """`dvc queue start -j <jobs>`, output to a file: its workers inherit the command's stdout and stderr, so a
     captured run of it lasts until the last worker exits (forever when one misses its shutdown, as DVC's workers
     sometimes do when two finish together; `dvc queue stop` ends it)."""
-    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env}
     log = project.parent / f"queue-start-{project.name}.log"
     with log.open("w") as output:
-        started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=project, env=full_env, stdout=output,
+        started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=project, env=user_env(env), stdout=output,
                                  stderr=subprocess.STDOUT, timeout=120)  # fmt: skip
     assert started.returncode == 0 and "Started" in log.read_text(), log.read_text()
 

@@ -8,10 +8,8 @@ its own), so that one pipeline run checks both the pipeline and that part.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import mlflow
 import pytest
 import yaml
 
-from .conftest import run, start_queue
+from .conftest import run, start_queue, user_env
 
 # The module fixture runs the whole pipeline and its follow-ups in the first test's setup: about 4 minutes
 # on 2 idle cores, more than make test's --timeout 900 when other jobs share the machine.
@@ -98,8 +96,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     # `dvc repro`, a no-op `dvc repro`, then one with the linear learning rate doubled: the benchmark's caching part.
     logs = project.parent / "repro-logs"
-    user_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env}  # as conftest.run
-    caching = time_repros(project, [], noop_repeats=1, logs=logs, env=user_env)
+    caching = time_repros(project, [], noop_repeats=1, logs=logs, env=user_env(env))
     first, noop = (logs / "repro-first.log").read_text(), (logs / "repro-noop-1.log").read_text()
     # The benchmark's change stays: written into conf/ (the tiny preset), every later `dvc exp run`, which recomposes
     # params.yaml from conf/, keeps it. (Going back to the first run's parameters instead would take one more
@@ -120,7 +117,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     temp_log = project.parent / "temp.log"
     with temp_log.open("w") as output:
         temp = subprocess.Popen(["dvc", "exp", "run", "--temp", "-n", "temp-linear", "-S", "models.linear.training.epochs=3"],
-                                cwd=project, env=user_env, stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
+                                cwd=project, env=user_env(env), stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while "Running stage" not in temp_log.read_text():

@@ -14,12 +14,12 @@ import pytest
 
 from digitlab.data.prepared import SPLITS, load_meta, load_split
 
-from .conftest import run
+from .conftest import run, user_env
 
 
 def kill_when(command: list[str], cwd: Path, pattern: str, timeout: float = 180, signum: int = signal.SIGKILL) -> subprocess.Popen:
     """Run ``command`` and send ``signum`` to its whole process group the moment a path matching ``pattern`` appears."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": ""}
+    env = user_env({"MLFLOW_TRACKING_URI": ""})
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + timeout
     while not list(cwd.glob(pattern)):

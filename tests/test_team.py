@@ -30,7 +30,7 @@ import yaml
 
 from digitlab.cli import main as digitlab_main
 
-from .conftest import ROOT, command_lines, job_runner_lines, run, start_queue
+from .conftest import ROOT, command_lines, job_runner_lines, run, start_queue, user_env
 from .stack_fixtures import CLIENT_ENV, DIGITLAB, Stack, ended, needs_stack, stack, stack_pids  # noqa: F401 (stack: the fixture)
 from .test_pipeline_e2e import GIT, make_project, stages_run, wait_for_queue
 
@@ -191,7 +191,7 @@ def start_queued_experiments_and_a_sweep(team: dict, stack: Stack) -> dict:
             [sys.executable, "-m", "pipeline.train", "-m", "model=linear", "seed=7,8", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
              "hydra.sweep.dir=multirun/team", "tracking=team", f"tracking.uri={stack.url}", "tracking.experiment=team-sweep",
              "tracking.log_models=false", "models.linear.training.epochs=1"],
-            cwd=project, env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env},
+            cwd=project, env=user_env(env),
             stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
     return {"sweep": sweeping, "sweep_log": sweep_log}
 

@@ -115,8 +115,7 @@ def signals_as_interrupt() -> Iterator[None]:
         yield
         return
     if _depth == 0:
-        _reason = None
-        _stop_waiting()
+        _reason = None  # (a waiting stop's hook is removed when the outermost block is left)
     previous = {signum: signal.signal(signum, _interrupt) for signum in SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN}
     _depth += 1
     try:
@@ -137,10 +136,8 @@ def surfaced() -> Iterator[None]:
     except Exception as error:
         if _reason is None:
             raise
-        try:
-            raise_if_stopped()
-        except KeyboardInterrupt as stop:
-            raise stop from error
+        _stop_waiting()
+        raise KeyboardInterrupt(_reason) from error
 
 
 def run_command(main: Callable[[], Any], prog: str, then: str) -> Any:
