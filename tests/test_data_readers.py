@@ -21,6 +21,7 @@ from digitlab.data.sources.idx import read_idx
 from digitlab.data.sources.keras_npz import read_keras_npz
 from digitlab.errors import ConfigError, DigitlabError
 from tests.data_helpers import cifar_tarball_bytes, idx_bytes, keras_npz_bytes, labelled_images
+from tests.stack_fixtures import require
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -40,8 +41,8 @@ def test_idx_round_trip_and_bad_files(tmp_path: Path) -> None:
         read_idx(tmp_path / "text")
 
 
-@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_idx_reads_the_real_fashion_mnist_test_set() -> None:
+    require("Debian package dataset-fashion-mnist", None if DEBIAN_FASHION.is_dir() else f"{DEBIAN_FASHION} is missing")
     images = read_idx(DEBIAN_FASHION / "t10k-images-idx3-ubyte.gz")
     labels = read_idx(DEBIAN_FASHION / "t10k-labels-idx1-ubyte.gz")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
