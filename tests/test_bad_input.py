@@ -52,6 +52,7 @@ SETTINGS = [
     (["models.cnn.training.early_stopping.min_delta_images=-1"], "models.cnn.training.early_stopping.min_delta_images=-1 is not valid"),
     (["models.cnn.training.label_smoothing=1"], "models.cnn.training.label_smoothing=1 is not valid: expected a number less than 1"),
     (["models.cnn.optimizer.weight_decay=-0.0001"], "models.cnn.optimizer.weight_decay=-0.0001 is not valid: expected a number greater than 0"),
+    (["models.mlp.optimizer.ema_momentum=1"], "models.mlp.optimizer.ema_momentum=1 is not valid: expected a number less than 1"),
     (["evaluate.confidence_level=1.5"], "evaluate.confidence_level=1.5 is not valid"),
     (["dataset.validation_size=1.5"], "dataset.validation_size=1.5 is not valid"),
     (["dataset.validation_size=0"], "dataset.validation_size=0 is not valid"),

@@ -219,6 +219,43 @@ def test_label_smoothing_and_weight_decay_train_softer_and_smaller_models(worksp
     assert min(r.metrics.val_accuracy for r in (plain, smooth, decay)) > 0.5
 
 
+def test_weight_average_is_what_validation_scores_and_every_saved_model_holds(workspace, tiny_prepared):
+    """Real trainings with ``optimizer.ema_momentum``: each history row scores the averaged weights,
+    and the model kept (best, or the last one when the best is not restored, after an early stop)
+    and the checkpoint a run resumes from are exactly the weights that were scored."""
+    steady = ("models.mlp.training.epochs=4", "models.mlp.training.early_stopping.enabled=false")
+    plain, plain_history = train_and_read_history(workspace, "mlp", "ema-plain", *steady)
+    averaged, history = train_and_read_history(workspace, "mlp", "ema", *steady, "models.mlp.optimizer.ema_momentum=0.9")
+    assert not np.allclose(history["val_loss"][1:], plain_history["val_loss"][1:]), "the average changes what is scored"
+    best = history.set_index("epoch").loc[averaged.metrics.best_epoch]
+    assert averaged.metrics.val_loss == pytest.approx(best["val_loss"], rel=1e-5)
+    assert keras.models.load_model(workspace["base"] / "ema" / "model.keras").optimizer.use_ema
+
+    # Stopped early and the best not restored: the model left is the average scored last, not the raw weights.
+    stopped, stopped_history = train_and_read_history(
+        workspace, "mlp", "ema-stop", "models.mlp.training.epochs=6", "models.mlp.optimizer.ema_momentum=0.9",
+        "models.mlp.training.early_stopping.patience=1", "models.mlp.training.early_stopping.min_delta=1.0",
+        "models.mlp.training.early_stopping.start_fraction=0", "models.mlp.training.early_stopping.restore_best_weights=false",
+    )  # fmt: skip
+    assert stopped.metrics.stopped_early and stopped.metrics.epochs == 2
+    assert stopped.metrics.val_loss == pytest.approx(stopped_history["val_loss"].iloc[-1], rel=1e-5)
+
+    # Interrupted after evaluation 2: its checkpoint holds the scored average; the resumed run finishes consistently.
+    cfg = config(workspace, "mlp", "ema-resume", *steady, "models.mlp.optimizer.ema_momentum=0.9", "tracking.log_models=false")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[InterruptAt(2)])
+    last = keras.models.load_model(checkpoint_dir(cfg, Layout.for_settings(cfg), load_meta(workspace["data"] / "prepared")).last)
+    x_val, y_val = load_split(tiny_prepared, "val")
+    scored = pd.read_csv(workspace["base"] / "ema-resume" / "history.csv").set_index("epoch").loc[2, "val_loss"]
+    assert last.evaluate(x_val.astype("float32"), y_val, verbose=0)[0] == pytest.approx(scored, rel=1e-4)
+    resumed = train(cfg)
+    resumed_history = pd.read_csv(workspace["base"] / "ema-resume" / "history.csv")
+    assert resumed.metrics.epochs == 4 and resumed_history["epoch"].tolist() == [0, 1, 2, 3, 4]
+    assert resumed.metrics.val_loss == pytest.approx(resumed_history.set_index("epoch").loc[resumed.metrics.best_epoch, "val_loss"], rel=1e-5)
+    # Resuming swaps the raw weights back in: the run goes on as the uninterrupted one did, not from the average.
+    assert resumed_history["val_loss"].iloc[-1] == pytest.approx(history["val_loss"].iloc[-1], rel=0.05)
+
+
 class InterruptAt(keras.callbacks.Callback):
     """Ctrl-C at the end of an evaluation (after digitlab's checkpoint of it)."""
 

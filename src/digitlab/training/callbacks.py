@@ -68,6 +68,36 @@ class StopOnNaN(keras.callbacks.Callback):
             )
 
 
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """With ``optimizer.ema_momentum``: the averaged weights are what validation scores and what the
+    callbacks after this one save (best and last checkpoints); the raw weights take the steps.
+
+    Between an evaluation's end and the next one's start the model holds the average and the
+    optimizer's average slots the raw weights (Keras' ``swap_on_epoch``), so a checkpoint holds
+    them that way round too: a resumed run starts with them swapped (``resumed``). Put it first;
+    :attr:`at_stop` goes last.
+    """
+
+    def __init__(self, resumed: bool) -> None:
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed
+        self.at_stop = _AverageAtStop(self)
+
+
+class _AverageAtStop(keras.callbacks.Callback):
+    """Keep the average in the model when training stops early: ``fit`` ends by copying the
+    optimizer's average slots into the model, which Keras' callback prepares for the last
+    evaluation only."""
+
+    def __init__(self, swap: AveragedWeights) -> None:
+        super().__init__()
+        self.swap = swap
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training and self.swap._ema_weights_in_model:
+            self.swap._finalize_ema_values()
+
+
 class RecordEvaluation(keras.callbacks.Callback):
     """One history row, one MLflow metrics step and one progress line per evaluation."""
 

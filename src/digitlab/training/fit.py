@@ -126,6 +126,10 @@ class Fit:
         if cb.EpochProgress.wanted():
             # First, so its bar is closed before RecordEvaluation writes the evaluation's line.
             own.insert(0, cb.EpochProgress(plan.steps_per_eval, plan.evaluations))
+        if recipe.optimizer.ema_momentum is not None:
+            # Before every callback that reads or saves the weights, its stop hook after them.
+            average = cb.AveragedWeights(resumed=self.state.epoch > 0)
+            own = [average, *own, average.at_stop]
         return own
 
     def finalise(self, run) -> TrainResult:

@@ -16,6 +16,10 @@ class OptimizerSettings(Strict):
     # Decoupled weight decay (AdamW's, for any optimizer): each step shrinks the weights by
     # learning rate x weight_decay. null: none.
     weight_decay: PositiveFloat | None = None
+    # Polyak averaging: an exponential moving average of the weights with this momentum (0.99:
+    # about the last 100 steps) is what validation scores, the checkpoints and the saved model
+    # hold; the steps themselves move the raw weights. null: none.
+    ema_momentum: Fraction | None = None
 
     def build(self, total_steps: int):
         """A Keras optimizer; ``schedule`` decays the learning rate over ``total_steps`` steps."""
@@ -28,6 +32,8 @@ class OptimizerSettings(Strict):
             # Down to 1% of the initial rate by the end of the run.
             learning_rate = keras.optimizers.schedules.ExponentialDecay(learning_rate, decay_steps=max(total_steps, 1), decay_rate=0.01)
         common = {"learning_rate": learning_rate, "clipnorm": self.clipnorm, "weight_decay": self.weight_decay}
+        if self.ema_momentum is not None:
+            common |= {"use_ema": True, "ema_momentum": self.ema_momentum}
         if self.name == "sgd":
             return keras.optimizers.SGD(momentum=self.momentum, **common)
         if self.name == "rmsprop":
