@@ -83,6 +83,11 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
         self._ema_weights_in_model = resumed
         self.at_stop = _AverageAtStop(self)
 
+    def keep_average(self) -> None:
+        """Make the average what ``fit`` copies into the model at its end, if the model holds it now."""
+        if self._ema_weights_in_model:
+            self._finalize_ema_values()
+
 
 class _AverageAtStop(keras.callbacks.Callback):
     """Keep the average in the model when training stops early: ``fit`` ends by copying the
@@ -94,8 +99,8 @@ class _AverageAtStop(keras.callbacks.Callback):
         self.swap = swap
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.model.stop_training and self.swap._ema_weights_in_model:
-            self.swap._finalize_ema_values()
+        if self.model.stop_training:
+            self.swap.keep_average()
 
 
 class RecordEvaluation(keras.callbacks.Callback):
