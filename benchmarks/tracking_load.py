@@ -12,8 +12,8 @@ side in one run:
 - ``server-postgresql``: the team stack (``digitlab stack up``): ``mlflow
   server`` (basic auth) on PostgreSQL, artifacts proxied to S3 (moto);
 - ``server-postgresql-noauth``: the same with ``--auth none``, which shows what
-  MLflow's basic-auth app costs per call (it checks the password's hash on
-  every request).
+  MLflow's basic-auth app costs per call (it checks a password's hash once per
+  login and worker, then keeps the login: ``digitlab.stack.server.AUTH_CACHE_TTL_S``).
 
 Reported per store and writer count: metrics/s over the logging phase, p50 and
 p99 latency per call, errors (calls that raised), metrics lost (logged without

@@ -389,6 +389,48 @@ def test_a_wrong_password_is_one_line_and_exit_2_and_the_stacks_login_is_found(s
 
 
 @needs_stack
+def test_the_server_keeps_a_verified_login_and_refuses_a_changed_password_at_once(stack: Stack):
+    """The auth app keeps the logins it verified (it would check the password's hash on every request, which made the
+    team server 12x slower); a wrong password is still refused, and so is the old one as soon as it is changed."""
+    import requests
+
+    from digitlab.stack.layout import Layout, read_ini
+    from digitlab.stack.server import AUTH_CACHE_TTL_S
+
+    assert read_ini(Layout(stack.dir).auth_config)["mlflow"]["auth_cache_ttl_seconds"] == str(AUTH_CACHE_TTL_S)
+    api, admin = f"{stack.url}/api/2.0/mlflow", stack.login()
+    user, first, second = f"probe-{secrets.token_hex(4)}", secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    requests.post(f"{api}/users/create", json={"username": user, "password": first}, auth=admin, timeout=60).raise_for_status()
+
+    def answer(password: str) -> int:
+        return requests.get(f"{api}/experiments/search", params={"max_results": 1}, auth=(user, password), timeout=60).status_code
+
+    assert [answer(first), answer(first), answer(second)] == [200, 200, 401]  # the second 200: the kept login
+    requests.patch(f"{api}/users/update-password", json={"username": user, "password": second}, auth=admin, timeout=60).raise_for_status()
+    assert [answer(first), answer(second)] == [401, 200]  # the stack's one worker served the change: nothing stale
+    requests.delete(f"{api}/users/delete", json={"username": user}, auth=admin, timeout=60).raise_for_status()
+    assert answer(second) == 401
+
+
+def test_an_auth_config_made_before_the_login_cache_gets_it_and_keeps_the_rest(tmp_path: Path):
+    from digitlab.stack.layout import Layout, ini_text, read_ini, write_secret
+    from digitlab.stack.server import AUTH_CACHE_TTL_S, ensure_auth
+
+    layout = Layout(tmp_path / "stack")
+    old = {"default_permission": "READ", "admin_username": "admin", "admin_password": "kept-Pa55word",
+           "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth"}  # fmt: skip
+    write_secret(layout.auth_config, ini_text({"mlflow": old}))
+    write_secret(layout.mlflow_credentials, ini_text({"mlflow": {"mlflow_tracking_username": "admin", "mlflow_tracking_password": "kept-Pa55word"}}))
+    assert ensure_auth(layout) == "admin"
+    assert dict(read_ini(layout.auth_config)["mlflow"]) == {**old, "auth_cache_ttl_seconds": str(AUTH_CACHE_TTL_S)}
+    assert stat.S_IMODE(layout.auth_config.stat().st_mode) == 0o600
+
+    write_secret(layout.auth_config, ini_text({"mlflow": {**old, "auth_cache_ttl_seconds": "0"}}))  # the user turned it off
+    ensure_auth(layout)
+    assert read_ini(layout.auth_config)["mlflow"]["auth_cache_ttl_seconds"] == "0"
+
+
+@needs_stack
 def test_configure_takes_the_login_of_this_machines_stack(stack: Stack, monkeypatch: pytest.MonkeyPatch):
     from digitlab import tracking
     from digitlab.tracking import TrackingSettings

@@ -123,28 +123,49 @@ def _ui_tree(port: int) -> list:
     return [make, *make.children(recursive=True)]
 
 
-@pytest.mark.parametrize("job_runner", [None, "true"], ids=["default", "turned-on"])
-def test_make_ui_serves_without_mlflows_job_runner_unless_the_environment_asks(job_runner, tmp_path, monkeypatch):
-    """`make ui` for real (its Makefile rule, this environment's venv, a store in tmp): no Huey workers of MLflow's
-    job runner in its process tree, unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true is exported."""
+def _make_ui(port: int) -> list[str]:
     import sys
 
+    venv = Path(sys.executable).parent.parent
+    return ["make", "-s", "-f", str(ROOT / "Makefile"), "-o", str(venv / ".installed"), "ui", f"VENV={venv}", f"UI_PORT={port}"]
+
+
+def test_make_ui_serves_without_mlflows_job_runner(tmp_path, monkeypatch):
+    """`make ui` for real (its Makefile rule, this environment's venv, a store in tmp): no Huey workers of MLflow's
+    job runner in its process tree."""
     from tests.conftest import command_lines, job_runner_lines, serving
 
-    if job_runner:
-        monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", job_runner)
-    else:
-        monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
-    venv = Path(sys.executable).parent.parent
-    command = lambda port: ["make", "-s", "-f", str(ROOT / "Makefile"), "-o", str(venv / ".installed"), "ui",  # noqa: E731
-                            f"VENV={venv}", f"UI_PORT={port}"]  # fmt: skip
-    with serving(command, "/health", tmp_path, timeout=120) as url:
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    with serving(_make_ui, "/health", tmp_path, timeout=120) as url:
         port = int(url.rsplit(":", 1)[1])
-        deadline = time.monotonic() + 30
-        while True:
-            workers = job_runner_lines(_ui_tree(port))
-            if workers or not job_runner or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert bool(workers) == bool(job_runner), [line[:4] for line in command_lines(_ui_tree(port))]
+        assert job_runner_lines(_ui_tree(port)) == [], [line[:4] for line in command_lines(_ui_tree(port))]
     assert (tmp_path / "mlflow.db").is_file(), "the store of the folder make ran in"
+
+
+def test_make_ui_hands_mlflow_the_job_runner_setting_a_user_exported(tmp_path, monkeypatch):
+    """MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true exported: `make ui` starts MLflow's server with it, not with its own
+    false. (MLflow then starts its eight job-runner processes, 25 s of CPU: the test stops the server once it has
+    seen the setting in the server's environment, before that.)"""
+    import subprocess
+
+    import psutil
+
+    from digitlab.stack.procs import terminate_started
+    from tests.conftest import user_env
+
+    port = free_port()
+    make = subprocess.Popen(_make_ui(port), cwd=tmp_path, env=user_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline, seen = time.monotonic() + 60, None
+        while seen is None and time.monotonic() < deadline and make.poll() is None:
+            for process in psutil.Process(make.pid).children(recursive=True):
+                try:
+                    if any(part.endswith("mlflow") for part in process.cmdline()[:2]):
+                        seen = process.environ().get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION")
+                except psutil.Error:  # ended meanwhile
+                    continue
+            time.sleep(0.1)
+        assert seen == "true", f"mlflow's environment had {seen!r} (make exited {make.poll()})"
+    finally:
+        terminate_started(make)

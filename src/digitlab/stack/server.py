@@ -20,9 +20,22 @@ from digitlab.stack.postgres import Database
 ADMIN = "admin"
 
 
+# MLflow's auth app checks the password's hash (tens of ms of CPU, by design) on every request unless it keeps
+# the logins it verified: each evaluation a training logs is a request, so without this the team server spent most
+# of its CPU checking the same password again, 12x fewer metrics/s than without auth (benchmarks/RESULTS.md,
+# "Tracking store under load"). A password changed or a user deleted through the server is dropped from the
+# worker that served the change at once; each other worker (`--workers`) keeps accepting the old login for up to
+# this long. Set in the auth config; one a user changed there is kept.
+AUTH_CACHE_TTL_S = 60
+
+
 def ensure_auth(layout: Layout) -> str:
     """The auth app's config and the client's credentials file (made once); returns the admin's user name."""
     if layout.auth_config.is_file() and layout.mlflow_credentials.is_file():
+        config = read_ini(layout.auth_config)
+        if config.has_section("mlflow") and not config.has_option("mlflow", "auth_cache_ttl_seconds"):  # made before the cache
+            config.set("mlflow", "auth_cache_ttl_seconds", str(AUTH_CACHE_TTL_S))
+            write_secret(layout.auth_config, ini_text({name: dict(config[name]) for name in config.sections()}))
         return read_ini(layout.mlflow_credentials)["mlflow"]["mlflow_tracking_username"]
     password = secret_value(layout.secrets / "mlflow-admin-password")
     config = {
@@ -31,6 +44,7 @@ def ensure_auth(layout: Layout) -> str:
         "admin_username": ADMIN,
         "admin_password": password,
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "auth_cache_ttl_seconds": str(AUTH_CACHE_TTL_S),
     }
     write_secret(layout.auth_config, ini_text({"mlflow": config}))
     write_secret(layout.mlflow_credentials, ini_text({"mlflow": {"mlflow_tracking_username": ADMIN, "mlflow_tracking_password": password}}))
