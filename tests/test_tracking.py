@@ -142,7 +142,7 @@ def test_make_ui_serves_without_mlflows_job_runner(tmp_path, monkeypatch):
     assert (tmp_path / "mlflow.db").is_file(), "the store of the folder make ran in"
 
 
-def test_make_ui_hands_mlflow_the_job_runner_setting_a_user_exported(tmp_path, monkeypatch):
+def test_make_ui_hands_mlflow_the_job_runner_setting_a_user_exported(tmp_path):
     """MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true exported: `make ui` starts MLflow's server with it, not with its own
     false. (MLflow then starts its eight job-runner processes, 25 s of CPU: the test stops the server once it has
     seen the setting in the server's environment, before that.)"""
