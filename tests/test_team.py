@@ -491,6 +491,11 @@ def test_postgresql_down_behind_the_server_is_one_line_within_the_timeout(stack:
 
 @needs_stack
 def test_down_leaves_no_process_and_up_restores_the_bucket(stack: Stack):
+    import requests
+
+    from digitlab.stack.layout import Layout, ini_text, read_ini, write_secret
+    from digitlab.stack.server import AUTH_CACHE_TTL_S
+
     stack.s3().put_object(Bucket="digitlab", Key="restore-check/object.txt", Body=b"kept across down/up")
     processes = stack_pids(stack)
     assert len(processes) >= 3
@@ -501,10 +506,18 @@ def test_down_leaves_no_process_and_up_restores_the_bucket(stack: Stack):
     assert (stack.dir / "s3-snapshot" / "restore-check" / "object.txt").read_bytes() == b"kept across down/up"
     assert stack.command("status", check=False).returncode == 1
     assert (stack.dir / "postgres" / "PG_VERSION").is_file()
+    # The auth config of a stack made before the login cache: `up` adds the setting as it starts the server again.
+    auth_config = Layout(stack.dir).auth_config
+    older = read_ini(auth_config)
+    older.remove_option("mlflow", "auth_cache_ttl_seconds")
+    write_secret(auth_config, ini_text({"mlflow": dict(older["mlflow"])}))
 
     stack.command("up")
     assert stack.s3().get_object(Bucket="digitlab", Key="restore-check/object.txt")["Body"].read() == b"kept across down/up"
     assert stack.command("status").returncode == 0
+    assert read_ini(auth_config)["mlflow"]["auth_cache_ttl_seconds"] == str(AUTH_CACHE_TTL_S)
+    answered = requests.get(f"{stack.url}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=stack.login(), timeout=60)
+    assert answered.status_code == 200, answered.text[:300]
 
 
 @pytest.mark.parametrize(
