@@ -107,6 +107,9 @@ def test_the_tutorial_cnn_preset_is_the_tutorials_network():
         ({"name": "cnn", "kernel_size": "3"}, "model.kernel_size", "valid integer"),
         ({"name": "cnn", "pool_size": True}, "model.pool_size", "valid integer"),
         ({"name": "cnn", "convs_per_block": 0}, "model.convs_per_block", "greater than 0"),
+        ({"name": "cnn", "convs_per_block": [1, 0]}, r"model.convs_per_block\[1\]", "greater than 0$"),
+        ({"name": "cnn", "convs_per_block": "2"}, "model.convs_per_block", "valid integer$"),
+        ({"name": "cnn", "conv_filters": [8, 16, 16], "convs_per_block": [1, 2]}, "model.convs_per_block", "a list of 3 .one per conv_filters"),
         ({"name": "linear", "hidden_units": [8]}, "model.hidden_units", "no such setting"),
     ],
 )
@@ -161,6 +164,27 @@ def test_cnn_blocks_follow_the_config():
     assert model.get_layer("block1_dropout").rate == pytest.approx(0.15) and model.get_layer("dense_1_dropout").rate == pytest.approx(0.3)
     plain = build_model(CnnSettings(conv_filters=[4], batch_norm=False, dropout=0.0, dense_units=[]), (8, 8, 1), 10)
     assert [layer.name for layer in plain.layers] == ["pixels", "rescale_0_1", "block1_conv1", "block1_relu1", "block1_pool", "flatten", "softmax"]
+
+
+def test_cnn_blocks_take_their_own_convolution_counts_and_pool_first_where_asked():
+    model = build_model(CnnSettings(conv_filters=[4, 8], convs_per_block=[1, 2], pool_first=True, dense_units=[], dropout=0.0), (8, 8, 1), 10)
+    assert [layer.name for layer in model.layers] == [
+        "pixels", "rescale_0_1",
+        "block1_conv1", "block1_pool", "block1_batch_norm1", "block1_relu1",
+        "block2_conv1", "block2_batch_norm1", "block2_relu1", "block2_conv2", "block2_pool", "block2_batch_norm2", "block2_relu2",
+        "flatten", "softmax",
+    ]  # fmt: skip
+
+
+def test_pooling_first_without_normalisation_is_the_same_network():
+    """Max-pooling before a ReLU gives what pooling after it gives (the ReLU keeps the order of values), on a quarter of
+    the pixels: the same weights give the same probabilities."""
+    settings = {"conv_filters": [4, 8], "convs_per_block": [1, 2], "batch_norm": False, "dense_units": [16], "dropout": 0.0}
+    after, first = (build_model(CnnSettings(**settings, pool_first=flag), (12, 12, 1), 10) for flag in (False, True))
+    assert [w.shape for w in after.get_weights()] == [w.shape for w in first.get_weights()]
+    first.set_weights(after.get_weights())
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 12, 12, 1)).astype(np.float32)
+    np.testing.assert_allclose(first.predict(images, verbose=0), after.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_a_new_family_with_a_skip_connection_registers_validates_builds_and_trains():

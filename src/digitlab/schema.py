@@ -63,6 +63,23 @@ def _walk(data: Any, loc: tuple[Any, ...]) -> tuple[list[str], Any]:
     return path, node
 
 
+def _branch(data: Any, loc: tuple[Any, ...]) -> int | None:
+    """Where in ``loc`` pydantic named a union's member type (a name the input does not have there), if anywhere."""
+    node = data
+    for at, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and part in _union_tags(node):
+            continue  # a tagged union's tag: the input's own name key chose the member
+        elif isinstance(part, str):
+            return at
+        else:
+            return None
+    return None
+
+
 def _union_tags(node: dict) -> set[Any]:
     return {value for key, value in node.items() if key in ("name", "source") and isinstance(value, str)}
 
@@ -103,6 +120,16 @@ def describe_error(error: ValidationError, data: Any, prefix: str = "") -> Confi
     """The first problem of a validation as a :class:`ConfigError` (one line), naming how many more there are."""
     errors = error.errors(include_url=False)
     first = errors[0]
+    at = _branch(data, tuple(first["loc"])) if first["type"] != "missing" else None
+    if at is not None:
+        # A setting that may be one of several types (a count, or a list of counts): pydantic reports each type's
+        # complaint. The one that tells is the type the value has (the one without a type error); the others'
+        # complaints are not more problems.
+        tried = [e for e in errors if tuple(e["loc"][:at]) == tuple(first["loc"][:at]) and len(e["loc"]) > at
+                 and isinstance(e["loc"][at], str) and e["loc"][at] != first["loc"][at] and e["type"] != "missing"]  # fmt: skip
+        members = [first, *tried]
+        first = next((e for e in members if not e["type"].endswith("_type")), first)
+        errors = [first, *(e for e in errors if e not in members)]
     path, value = _walk(data, tuple(first["loc"]))
     setting = _dotted(([prefix] if prefix else []) + path) or prefix or "settings"
     if first["type"] == "union_tag_invalid":  # name the key that picks the kind, and its value
