@@ -12,6 +12,7 @@ here would repeat that pipeline run.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -119,3 +120,23 @@ def test_server_start_refuses_a_bad_repeat_count_before_starting_any_server(tmp_
                  ROOT, check=False, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "--repeats must be at least 1" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "w").exists()
+
+
+def test_cnn_step_cost_times_the_layouts_side_by_side_and_writes_its_section(tmp_path: Path) -> None:
+    """`python -m benchmarks.cnn_step_cost` for real, two steps per layout: each layout is digitlab's own CNN, the
+    ratio is against the first, and its section of RESULTS.md replaces the previous one and keeps the others'."""
+    out = tmp_path / "RESULTS.md"
+    out.write_text(f"# digitlab benchmarks\n\n<!-- cnn-step-cost: benchmarks/cnn_step_cost.py -->\nan older run\n<!-- /cnn-step-cost -->\n\n{KEPT}\n")
+    done = run([sys.executable, "-m", "benchmarks.cnn_step_cost", "--steps", "2", "--repeats", "1", "--variants",
+                "default,pool_first_convs_112", "--out", str(out)], ROOT, timeout=600)  # fmt: skip
+    printed = dict(re.findall(r"^(\S+)\s+[\d.]+ ms CPU per step\s+([\d.]+)x of default$", done.stdout, re.MULTILINE))
+    assert printed["default"] == "1.00" and float(printed["pool_first_convs_112"]) > 0
+    markdown = out.read_text()
+    assert "an older run" not in markdown and markdown.rstrip().endswith(KEPT)
+    rows = {row.split(" | ")[0].lstrip("| "): row.split(" | ") for row in markdown.splitlines() if row.startswith("| default") or row.startswith("| pool_first")}
+    # Pooling has no weights: the pooled-first layout differs from the default only by the 7x7 block's second convolution.
+    default_params, variant_params = (int(rows[name][2].replace(",", "")) for name in ("default", "pool_first_convs_112"))
+    assert variant_params - default_params == 64 * 64 * 9 + 64 + 4 * 64  # the convolution's kernel and bias, its batch norm's 4 vectors
+    assert rows["pool_first_convs_112"][-1].strip(" |") == f"{printed['pool_first_convs_112']}x"
+    bad = run([sys.executable, "-m", "benchmarks.cnn_step_cost", "--variants", "default,wide", "--out", str(out)], ROOT, check=False, timeout=60)
+    assert bad.returncode == 2 and "--variants='default,wide' is not valid" in bad.stderr and "Traceback" not in bad.stderr
