@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from benchmarks.sections import write_section
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -44,18 +42,19 @@ VARIANTS: dict[str, dict] = {
 
 
 def default_cnn() -> dict:
-    """The default CNN's settings: conf/architecture/cnn.yaml with conf/config.yaml's models.cnn.model on top."""
-    settings = yaml.safe_load((ROOT / "conf" / "architecture" / "cnn.yaml").read_text())
-    settings.update(yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())["models"]["cnn"].get("model", {}))
-    return settings
+    """The default CNN's settings, as the project composes them from conf/."""
+    from digitlab.config import compose
+    from digitlab.settings import load_settings
+
+    return load_settings(compose([], ROOT)).models["cnn"].model.model_dump()
 
 
-def build(changes: dict):
+def build(default: dict, changes: dict):
     import keras
 
     from digitlab.models import build_model, parse_architecture
 
-    model = build_model(parse_architecture({**default_cnn(), **changes}), (28, 28, 1), 10)
+    model = build_model(parse_architecture({**default, **changes}), (28, 28, 1), 10)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -66,9 +65,10 @@ def measure(names: list[str], steps: int, repeats: int, batch_size: int) -> dict
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(steps * batch_size, 28, 28, 1)).astype(np.float32)
     labels = rng.integers(0, 10, size=steps * batch_size)
+    default = default_cnn()
     models = {}
     for name in names:
-        models[name] = build(VARIANTS[name])
+        models[name] = build(default, VARIANTS[name])
         models[name].fit(images[: 5 * batch_size], labels[: 5 * batch_size], batch_size=batch_size, epochs=1, verbose=0)  # warm-up
     ms: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(repeats):

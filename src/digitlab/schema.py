@@ -40,44 +40,32 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy and TensorFlow accept
 
 
-def _walk(data: Any, loc: tuple[Any, ...]) -> tuple[list[str], Any]:
-    """The user's dotted path for a pydantic error location, and the value found there.
+def _walk(data: Any, loc: tuple[Any, ...]) -> tuple[list[str], Any, int | None]:
+    """The user's dotted path for a pydantic error location, the value found there, and where in the location
+    pydantic first named something the input does not have (a missing key, or a union member's type such as
+    ``constrained-int``), if anywhere.
 
     Pydantic puts the tag of a tagged union (``cnn`` in ``models.cnn.model.cnn.dropout``)
     into the location; following the location through the input data drops it.
     """
     path: list[str] = []
     node = data
-    for part in loc:
+    unmatched: int | None = None
+    lost = False  # past the first part the input does not have
+    for at, part in enumerate(loc):
         if isinstance(node, dict) and part in node:
             node = node[part]
             path.append(str(part))
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
             path.append(f"[{part}]")
-        elif isinstance(node, dict):
-            # A tag of a tagged union, or a key the input lacks (a missing setting).
-            if part not in _union_tags(node):
+        elif not (isinstance(node, dict) and part in _union_tags(node)):
+            if not lost:
+                unmatched, lost = (at if isinstance(part, str) else None), True
+            if isinstance(node, dict):  # a key the input lacks (a missing setting)
                 path.append(str(part))
                 node = None
-    return path, node
-
-
-def _branch(data: Any, loc: tuple[Any, ...]) -> int | None:
-    """Where in ``loc`` pydantic named a union's member type (a name the input does not have there), if anywhere."""
-    node = data
-    for at, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-        elif isinstance(node, dict) and part in _union_tags(node):
-            continue  # a tagged union's tag: the input's own name key chose the member
-        elif isinstance(part, str):
-            return at
-        else:
-            return None
-    return None
+    return path, node, unmatched
 
 
 def _union_tags(node: dict) -> set[Any]:
@@ -120,8 +108,8 @@ def describe_error(error: ValidationError, data: Any, prefix: str = "") -> Confi
     """The first problem of a validation as a :class:`ConfigError` (one line), naming how many more there are."""
     errors = error.errors(include_url=False)
     first = errors[0]
-    at = _branch(data, tuple(first["loc"])) if first["type"] != "missing" else None
-    if at is not None:
+    _, _, at = _walk(data, tuple(first["loc"]))
+    if at is not None and first["type"] != "missing":
         # A setting that may be one of several types (a count, or a list of counts): pydantic reports each type's
         # complaint. The one that tells is the type the value has (the one without a type error); the others'
         # complaints are not more problems.
@@ -130,7 +118,7 @@ def describe_error(error: ValidationError, data: Any, prefix: str = "") -> Confi
         members = [first, *tried]
         first = next((e for e in members if not e["type"].endswith("_type")), first)
         errors = [first, *(e for e in errors if e not in members)]
-    path, value = _walk(data, tuple(first["loc"]))
+    path, value, _ = _walk(data, tuple(first["loc"]))
     setting = _dotted(([prefix] if prefix else []) + path) or prefix or "settings"
     if first["type"] == "union_tag_invalid":  # name the key that picks the kind, and its value
         setting, value = f"{setting}.{str(first['ctx']['discriminator']).strip(chr(39))}", first["ctx"]["tag"]
