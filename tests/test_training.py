@@ -432,3 +432,24 @@ def test_min_delta_images_is_the_same_rule_on_any_validation_set():
         assert stopping.improves(1_002 / size, 1_000 / size, size), f"two images more on {size}"
     loss = stopping.model_copy(update={"monitor": "val_loss", "min_delta": 0.01})
     assert loss.improves(0.5, 0.52, 500) and not loss.improves(0.5, 0.505, 500), "losses use min_delta"
+
+
+def test_the_train_stage_builds_a_cnn_with_its_own_count_per_block_pooled_first(workspace, tiny_prepared):
+    """`python -m pipeline.train` as a user runs it by hand, with the CNN's per-block convolution counts and pooling
+    before normalisation: the saved model has those layers and learns."""
+    from tests.conftest import ROOT, TINY_OVERRIDES, run
+
+    out = workspace["base"] / "cnn-layout"
+    overrides = [*TINY_OVERRIDES, "model=cnn", f"paths.data={workspace['data']}", f"tracking.uri={workspace['uri']}",
+                 f"output_dir={out}", "tracking.experiment=tests-cnn-layout", f"paths.checkpoints={workspace['base'] / 'checkpoints'}",
+                 "models.cnn.model.batch_norm=true", "models.cnn.model.convs_per_block=[1,2]", "models.cnn.model.pool_first=true"]  # fmt: skip
+    run([sys.executable, "-m", "pipeline.train", *overrides], ROOT, timeout=600)
+    model = keras.saving.load_model(out / "model.keras")
+    names = [layer.name for layer in model.layers]
+    assert [name for name in names if name.startswith("block")] == [
+        "block1_conv1", "block1_pool", "block1_batch_norm1", "block1_relu1", "block1_dropout",
+        "block2_conv1", "block2_batch_norm1", "block2_relu1", "block2_conv2", "block2_pool", "block2_batch_norm2", "block2_relu2",
+        "block2_dropout",
+    ]  # fmt: skip
+    history = pd.read_csv(out / "history.csv")
+    assert history["val_accuracy"].max() > history["val_accuracy"].iloc[0] + 0.2, history
