@@ -180,6 +180,22 @@ def test_a_sigterm_that_python_drops_inside_a_finaliser_still_stops_the_training
         assert interrupts.stop_reason() is None, "the next command starts without a stop"
 
 
+def test_a_stop_within_a_held_step_comes_when_the_step_ends():
+    """interrupts.held(): a step that must finish once begun (a search's trial created, then marked) is not cut."""
+    from digitlab import interrupts
+
+    done = []
+    with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        with interrupts.held():
+            with interrupts.held():  # nested: the outermost end raises
+                os.kill(os.getpid(), signal.SIGINT)
+                sum(range(1000))  # the handler runs here
+                done.append("inner")
+            done.append("outer")
+        done.append("after")  # not reached
+    assert done == ["inner", "outer"]
+
+
 def test_a_ctrl_c_inside_omegaconf_waits_until_the_update_is_whole():
     """A KeyboardInterrupt raised while OmegaConf sets a list leaves a None in it, and OmegaConf then fails
     with AttributeError (how Hydra printed a traceback for a Ctrl-C between two sweep jobs): the stop waits

@@ -26,6 +26,15 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+def holds_a_lock(uri: str) -> bool:
+    """Whether :func:`database_lock` excludes other processes for a database at ``uri``."""
+    return sqlite_file(uri) is not None or _is_postgresql(uri)
+
+
+def _is_postgresql(uri: str) -> bool:
+    return urlparse(uri).scheme.startswith("postgresql")
+
+
 @contextlib.contextmanager
 def database_lock(uri: str, key: int, timeout: float = 300) -> Iterator[None]:
     """Hold the lock ``key`` of the database at ``uri`` (SQLAlchemy URL) for the block."""
@@ -36,7 +45,7 @@ def database_lock(uri: str, key: int, timeout: float = 300) -> Iterator[None]:
         database.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(database.with_name(f".{database.name}.{key & 0xFFFFFFFF:08x}.lock"), timeout=timeout):
             yield
-    elif urlparse(uri).scheme.startswith("postgresql"):
+    elif _is_postgresql(uri):
         import sqlalchemy
 
         engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)

@@ -20,6 +20,10 @@ not always arrive as itself:
 - any other library may still turn it into an error of its own:
   :func:`surfaced` turns an error that follows a stop back into the stop.
 
+A step that must not be cut in two (a search's trial created, then marked as
+this process's) runs within :func:`held`: a stop that comes inside waits for
+the block's end.
+
 So a stopped command always ends with its "run the same command again" line,
 never a traceback. A signal the process was started to ignore stays ignored.
 """
@@ -44,6 +48,7 @@ _GENERATORS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GEN
 _reason: str | None = None  # the stop asked of this process, once a signal came
 _depth = 0  # nested signals_as_interrupt() blocks (a sweep, then its job's training)
 _waiting = False  # a stop waits for the main thread to leave a fragile module (the profile hook is set)
+_held = 0  # nested held() blocks: a stop waits for the outermost one's end
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -51,6 +56,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     if _waiting:  # a second signal while the stop waits: it still waits
         return
     _reason = "" if signum == signal.SIGINT else f"stopped by signal {signal.Signals(signum).name}"
+    if _held:  # raised when the block ends
+        return
     if _inside(frame, FRAGILE_MODULES):
         _waiting = True
         sys.setprofile(_raise_outside)
@@ -68,7 +75,7 @@ def _raise_outside(frame: FrameType, event: str, arg: object) -> None:
         outside = frame.f_back
     else:
         return
-    if frame.f_code.co_flags & _GENERATORS or _inside(outside, FRAGILE_MODULES):
+    if _held or frame.f_code.co_flags & _GENERATORS or _inside(outside, FRAGILE_MODULES):
         return
     raise_if_stopped()
 
@@ -126,6 +133,19 @@ def signals_as_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
         if _depth == 0:
             _stop_waiting()
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """A stop that comes within the block is raised when the block ends (a step that must finish once begun)."""
+    global _held
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+    if not _held:
+        raise_if_stopped()
 
 
 @contextlib.contextmanager

@@ -307,9 +307,10 @@ class Search:
                 "hydra.sweeper.direction", options.direction,
                 f"{self.study.direction.name.lower()}, the direction of the existing study {options.study_name}",
             )  # fmt: skip
-        from digitlab.dblock import advisory_key
+        from digitlab.dblock import advisory_key, holds_a_lock
 
         self.lock_key = advisory_key(f"optuna-study:{options.study_name}")
+        self.locked = holds_a_lock(storage_url)  # ask() and recover() exclude every other process
         self.in_flight: dict[int, Any] = {}  # trial number -> Trial
         self._stop = threading.Event()
         self.ran = 0
@@ -333,7 +334,13 @@ class Search:
         )  # fmt: skip
 
     def recover(self) -> list[int]:
-        """Fail the trials whose process is gone (this host: dead pid; any host: missed heartbeats) and retry each once."""
+        """Fail the trials whose process is gone and retry each once with its parameters.
+
+        Gone: on this host, its pid is dead; on any host, its heartbeats stopped; with a storage that
+        :func:`~digitlab.dblock.database_lock` locks, a RUNNING trial that no process marked as its own
+        (a process killed between creating and marking a trial, both done under the lock held here; a
+        trial left RUNNING by Optuna's own API too). One that no process of ours ran is not retried.
+        """
         import optuna
         from optuna.trial import TrialState
 
@@ -343,14 +350,17 @@ class Search:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = trial.user_attrs.get(PID_ATTR)
             started = trial.datetime_start.timestamp() if trial.datetime_start else None
-            if trial.user_attrs.get(HOST_ATTR) == host and isinstance(pid, int) and not pid_alive(pid, started):
+            # No owner: its process was killed between creating and marking it, which it does under the lock we hold.
+            orphan = pid is None and self.locked
+            if orphan or trial.user_attrs.get(HOST_ATTR) == host and isinstance(pid, int) and not pid_alive(pid, started):
                 self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         optuna.storages.fail_stale_trials(self.study)
         trials = self.study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials}
         again = []
         for trial in trials:
-            if trial.state == TrialState.FAIL and FAILED_ATTR not in trial.user_attrs and trial.number not in retried:
+            interrupted = trial.state == TrialState.FAIL and FAILED_ATTR not in trial.user_attrs and PID_ATTR in trial.user_attrs
+            if interrupted and trial.number not in retried:
                 self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
                 again.append(trial.number)
         if again:
@@ -366,9 +376,13 @@ class Search:
             for _ in range(max(room, 0)):
                 # A sampler seeded per trial: processes sharing a study never draw the same "random" start.
                 self.study.sampler = make_sampler(self.options.sampler, self._seed(), self.space)
-                trial = self.study.ask(fixed_distributions=self.space.distributions)
-                trial.set_user_attr(HOST_ATTR, socket.gethostname())
-                trial.set_user_attr(PID_ATTR, os.getpid())
+                # Created, marked as this process's and in flight, or not at all: a Ctrl-C in between left a
+                # trial RUNNING with no owner, counted towards n_trials forever.
+                with interrupts.held():
+                    trial = self.study.ask(fixed_distributions=self.space.distributions)
+                    trial.set_user_attr(HOST_ATTR, socket.gethostname())
+                    trial.set_user_attr(PID_ATTR, os.getpid())
+                    self.in_flight[trial.number] = trial
                 trials.append(trial)
         return trials
 
@@ -393,7 +407,6 @@ class Search:
         beat.start()
         try:
             while trials := self.ask():
-                self.in_flight = {trial.number: trial for trial in trials}
                 batch = [[*self.space.overrides(trial.params), f"sweep.trial={trial.number}"] for trial in trials]
                 for trial, overrides in zip(trials, batch, strict=True):
                     log.info("trial %d of study %s: %s", trial.number, self.options.study_name, " ".join(overrides[len(self.space.fixed) :]))
