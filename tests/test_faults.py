@@ -194,6 +194,10 @@ def test_a_stop_within_a_held_step_comes_when_the_step_ends():
             done.append("outer")
         done.append("after")  # not reached
     assert done == ["inner", "outer"]
+    assert interrupts.stop_reason() is None, "the stop was the block's"
+    with interrupts.held():  # outside a signals_as_interrupt() block: nothing to raise
+        done.append("later")
+    assert done[-1] == "later"
 
 
 def test_a_ctrl_c_inside_omegaconf_waits_until_the_update_is_whole():

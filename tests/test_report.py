@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
 import shutil
+import signal
+import threading
+import time
 
 import matplotlib.pyplot as plt
 import mlflow
 import pytest
 
+from digitlab import interrupts
 from digitlab.errors import DigitlabError
 from digitlab.evaluation import evaluate, figures
 from digitlab.report import build
@@ -74,6 +80,35 @@ def test_report_run_and_registered_champion(reported):
     version = client.get_model_version_by_alias("digitlab-digits", "champion")
     assert version.run_id == run_ids[best]
     assert all(client.get_run(run_id).info.status == "FINISHED" for run_id in run_ids.values())
+
+
+def test_ctrl_c_at_any_moment_of_logging_the_report_leaves_no_run_running(evaluated, tmp_path, monkeypatch):
+    """A Ctrl-C after MLflow created the report's run but before the block that ends it was entered left it RUNNING
+    (until the next report). Stops at random moments of the report's run, on a real SQLite store: it always ends."""
+    root, _, _ = evaluated
+    copy = tmp_path / "project"
+    shutil.copytree(root, copy)
+    uri = f"sqlite:///{copy / 'mlflow.db'}"
+    monkeypatch.setenv("DVC_ROOT", str(copy))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    config, where = settings(), layout(copy)
+    results = [build.load_model_result(name, where, None) for name in MODEL_NAMES]
+    page = copy / "reports" / "report.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text("<html></html>")
+    chance = random.Random(0)
+    for attempt in range(25):
+        stop = threading.Timer(chance.uniform(0, 0.15), os.kill, (os.getpid(), signal.SIGINT))
+        with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
+            stop.start()
+            build.log_report_run(results, [page], config.tracking)
+            time.sleep(5)  # logged before the stop came: wait for it
+        stop.join()
+    client = mlflow.MlflowClient(uri)
+    experiment = results[0].train.run.experiment_id
+    runs = client.search_runs([experiment], "attributes.run_name = 'report'", max_results=100)
+    assert len(runs) > 10 and [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
 
 
 def test_missing_evaluation_names_the_file(evaluated, tmp_path, monkeypatch):

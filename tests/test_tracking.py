@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import threading
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from digitlab import tracking
+from digitlab import interrupts, tracking
 from digitlab.errors import DigitlabError
 from digitlab.tracking import TrackingSettings
 from digitlab.training.loop import train
@@ -113,6 +117,27 @@ def test_a_run_starts_even_when_another_experiment_is_active(mlflow_uri: str) ->
     client = mlflow.MlflowClient()
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "accuracy")] == [(1, 0.5), (2, 0.75)]
+
+
+def test_ctrl_c_at_any_moment_of_starting_a_run_leaves_no_run_running(mlflow_uri: str) -> None:
+    """A Ctrl-C after the store created the run but before its journal could end it left the run RUNNING
+    until the next start closed it as stale. Stops at random moments of a run's start, body and end, on a real
+    SQLite store: every run ends at once."""
+    cfg = TrackingSettings(experiment="stops")
+    chance = random.Random(0)
+    with tracking.tracked_run(cfg, "mlp", "digits"):  # the experiment exists: every stop below lands in a run's start
+        pass
+    for attempt in range(30):
+        stop = threading.Timer(chance.uniform(0, 0.2), os.kill, (os.getpid(), signal.SIGINT))
+        with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
+            stop.start()
+            with tracking.tracked_run(cfg, "mlp", "digits"):
+                tracking.active_run().journal.log_metrics({"accuracy": 0.5}, step=1)
+            time.sleep(5)  # ended before the stop came: wait for it
+        stop.join()
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("stops").experiment_id], max_results=100)
+    assert len(runs) > 10 and [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
 
 
 def _ui_tree(port: int) -> list:

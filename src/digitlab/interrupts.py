@@ -22,7 +22,8 @@ not always arrive as itself:
 
 A step that must not be cut in two (a search's trial created, then marked as
 this process's) runs within :func:`held`: a stop that comes inside waits for
-the block's end.
+the block's end; :func:`whole` enters and leaves a context manager (an MLflow
+run started, then ended) that way.
 
 So a stopped command always ends with its "run the same command again" line,
 never a traceback. A signal the process was started to ignore stays ignored.
@@ -114,15 +115,15 @@ def _stop_waiting() -> None:
 def signals_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT raise :class:`KeyboardInterrupt` and are recorded.
 
-    The outermost block starts with no stop recorded; on leaving it, the handlers
-    that were there before are put back. Outside the main thread it does nothing.
+    The outermost block starts with no stop recorded and forgets its stop when
+    left; on leaving it, the handlers that were there before are put back. Outside the main thread it does nothing.
     """
     global _reason, _depth
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     if _depth == 0:
-        _reason = None  # (a waiting stop's hook is removed when the outermost block is left)
+        _reason = None
     previous = {signum: signal.signal(signum, _interrupt) for signum in SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN}
     _depth += 1
     try:
@@ -131,8 +132,9 @@ def signals_as_interrupt() -> Iterator[None]:
         _depth -= 1
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if _depth == 0:
+        if _depth == 0:  # the stop was the block's: nothing after it (a held() step, a library call) raises it again
             _stop_waiting()
+            _reason = None
 
 
 @contextlib.contextmanager
@@ -146,6 +148,30 @@ def held() -> Iterator[None]:
         _held -= 1
     if not _held:
         raise_if_stopped()
+
+
+@contextlib.contextmanager
+def whole(start: Callable[[], contextlib.AbstractContextManager]) -> Iterator[Any]:
+    """``start()``'s context manager (a run started, then ended) entered and left whole: a stop that comes while it
+    is made or entered waits, then leaves it as any error would; one that comes while it is left waits for its end."""
+    with contextlib.ExitStack() as stack:
+        with held():
+            value = stack.enter_context(_left_whole(start()))
+        yield value
+
+
+@contextlib.contextmanager
+def _left_whole(manager: contextlib.AbstractContextManager) -> Iterator[Any]:
+    value = manager.__enter__()
+    try:
+        yield value
+    except BaseException as error:
+        with held():
+            if not manager.__exit__(type(error), error, error.__traceback__):
+                raise
+    else:
+        with held():
+            manager.__exit__(None, None, None)
 
 
 @contextlib.contextmanager

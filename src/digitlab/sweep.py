@@ -23,7 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from digitlab import runs, tracking
+from digitlab import interrupts, runs, tracking
 from digitlab.redact import redact
 
 log = logging.getLogger(__name__)
@@ -64,17 +64,20 @@ class MlflowSweepCallback(Callback):
         runs.close_stale_runs(settings.tracking, experiment, "tags.sweep = 'true'")
         previous = earlier_parent(client, experiment, tags) if settings.sweep.skip_finished else None
         folder = str(config.hydra.sweep.dir)
-        if previous is not None:  # the same sweep (or study) again: continue under its parent
-            self.parent_run_id = previous.info.run_id
-            folders = previous.data.tags.get(SWEEP_DIRS_TAG, "").split(", ")
-            reopen(client, previous, {**tags, SWEEP_DIRS_TAG: ", ".join([*filter(None, folders), folder])[-5000:]})
+        # The parent (re)opened and its end at exit registered, or neither: a Ctrl-C in between left it RUNNING.
+        with interrupts.held():
+            if previous is not None:  # the same sweep (or study) again: continue under its parent
+                self.parent_run_id = previous.info.run_id
+                folders = previous.data.tags.get(SWEEP_DIRS_TAG, "").split(", ")
+                reopen(client, previous, {**tags, SWEEP_DIRS_TAG: ", ".join([*filter(None, folders), folder])[-5000:]})
+            else:
+                run = client.create_run(experiment, tags={**tags, SWEEP_DIRS_TAG: folder}, run_name=f"sweep {study or overrides}"[:250])
+                self.parent_run_id = run.info.run_id
+            os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
+            # A job that raises skips on_multirun_end: don't leave the parent RUNNING.
+            atexit.register(self._end_parent, "FAILED")
+        if previous is not None:
             log.info("sweep: continuing MLflow parent run %s (started %s)", self.parent_run_id, _when(previous.info.start_time))
-        else:
-            run = client.create_run(experiment, tags={**tags, SWEEP_DIRS_TAG: folder}, run_name=f"sweep {study or overrides}"[:250])
-            self.parent_run_id = run.info.run_id
-        os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
-        # A job that raises skips on_multirun_end: don't leave the parent RUNNING.
-        atexit.register(self._end_parent, "FAILED")
         log.info("sweep: MLflow parent run %s in %s", self.parent_run_id, self.tracking_uri)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:  # also in a launcher's worker process

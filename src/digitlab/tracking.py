@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
 
+from digitlab import interrupts
 from digitlab.config import home_root, project_root
 from digitlab.dblock import sqlite_file as sqlite_path  # the database file of a sqlite:/// URI
 from digitlab.errors import DigitlabError, TrackingUnavailable
@@ -400,20 +401,31 @@ def tracked_run(tracking: TrackingSettings, model: str, dataset: str, run_id: st
     """
     import mlflow
 
-    info = start_run(tracking, model, dataset, run_id).info
-    run = TrackedRun(info.run_id, info.experiment_id, mlflow.get_tracking_uri(), Journal.for_run(info.run_id, mlflow.get_tracking_uri()))
-    run.journal.start_sender()
-    token = _ACTIVE.set(run)
+    run: TrackedRun | None = None
+    token = None
     try:
+        # Created and in its journal's hands before a stop can end the command: a Ctrl-C that came in between
+        # left the run RUNNING. Such a stop is raised as the block ends, and ends the run like any other.
+        with interrupts.held():
+            info = start_run(tracking, model, dataset, run_id).info
+            uri = mlflow.get_tracking_uri()
+            run = TrackedRun(info.run_id, info.experiment_id, uri, Journal.for_run(info.run_id, uri))
+            run.journal.start_sender()
+        token = _ACTIVE.set(run)
         yield run
     except BaseException as error:
-        record_failure(run.journal, error)
+        if run is not None:
+            with interrupts.held():  # the run's end is written whole: a stop meanwhile comes after it
+                record_failure(run.journal, error)
         raise
     else:
-        run.journal.end(run.end_status)
+        with interrupts.held():
+            run.journal.end(run.end_status)
     finally:
-        _ACTIVE.reset(token)
-        close_journal(run.journal, tracking.delivery_timeout_s)
+        if token is not None:
+            _ACTIVE.reset(token)
+        if run is not None:
+            close_journal(run.journal, tracking.delivery_timeout_s)
 
 
 def close_journal(journal: Journal, timeout: float) -> bool:

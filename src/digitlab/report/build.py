@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from digitlab import interrupts
 from digitlab.data.prepared import Meta, load_meta
 from digitlab.errors import DigitlabError
 from digitlab.evaluation import metrics, plots
@@ -245,7 +246,8 @@ def log_report_run(results: list[ModelResult], paths: list[Path], tracking_setti
     close_stale_runs(tracking_settings, experiment_id, "attributes.run_name = 'report'")
     tags = {f"digitlab.run.{r.name}": r.run_id for r in results if r.run_id}
     tags.update({"digitlab.best_model": best_model(results).name, **process_tags()})
-    with mlflow.start_run(experiment_id=experiment_id, run_name="report", tags=tags) as active:
+    # Started and ended whole: a stop between MLflow creating the run and the block that ends it left it RUNNING.
+    with interrupts.whole(lambda: mlflow.start_run(experiment_id=experiment_id, run_name="report", tags=tags)) as active:
         mlflow.log_metrics({f"{r.name}_test_accuracy": float(r.metrics.accuracy) for r in results})
         for path in paths:
             mlflow.log_artifact(str(path))
