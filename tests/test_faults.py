@@ -195,6 +195,14 @@ def test_a_stop_within_a_held_step_comes_when_the_step_ends():
         done.append("after")  # not reached
     assert done == ["inner", "outer"]
     assert interrupts.stop_reason() is None, "the stop was the block's"
+    with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt), interrupts.held():  # a step that hangs
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(1000))
+        done.append("first stop held")
+        os.kill(os.getpid(), signal.SIGINT)  # a user who insists: the second stop comes at once
+        sum(range(1000))
+        done.append("not reached")
+    assert done[-1] == "first stop held"
     with interrupts.held():  # outside a signals_as_interrupt() block: nothing to raise
         done.append("later")
     assert done[-1] == "later"

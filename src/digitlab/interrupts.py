@@ -22,7 +22,7 @@ not always arrive as itself:
 
 A step that must not be cut in two (a search's trial created, then marked as
 this process's) runs within :func:`held`: a stop that comes inside waits for
-the block's end; :func:`whole` enters and leaves a context manager (an MLflow
+the block's end (a second one does not); :func:`whole` enters and leaves a context manager (an MLflow
 run started, then ended) that way.
 
 So a stopped command always ends with its "run the same command again" line,
@@ -56,8 +56,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     global _reason, _waiting
     if _waiting:  # a second signal while the stop waits: it still waits
         return
+    repeated = _reason is not None
     _reason = "" if signum == signal.SIGINT else f"stopped by signal {signal.Signals(signum).name}"
-    if _held:  # raised when the block ends
+    if _held and not repeated:  # raised when the held step ends; a second stop comes at once, as outside one
         return
     if _inside(frame, FRAGILE_MODULES):
         _waiting = True
@@ -76,7 +77,7 @@ def _raise_outside(frame: FrameType, event: str, arg: object) -> None:
         outside = frame.f_back
     else:
         return
-    if _held or frame.f_code.co_flags & _GENERATORS or _inside(outside, FRAGILE_MODULES):
+    if frame.f_code.co_flags & _GENERATORS or _inside(outside, FRAGILE_MODULES):
         return
     raise_if_stopped()
 
@@ -139,7 +140,9 @@ def signals_as_interrupt() -> Iterator[None]:
 
 @contextlib.contextmanager
 def held() -> Iterator[None]:
-    """A stop that comes within the block is raised when the block ends (a step that must finish once begun)."""
+    """A stop that comes within the block is raised when the block ends (a step that must finish once begun).
+
+    A second stop while the first waits is not held back (a step that hangs, a user who insists)."""
     global _held
     _held += 1
     try:
