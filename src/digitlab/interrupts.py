@@ -22,8 +22,8 @@ not always arrive as itself:
 
 A step that must not be cut in two (a search's trial created, then marked as
 this process's) runs within :func:`held`: a stop that comes inside waits for
-the block's end (a second one does not); :func:`whole` enters and leaves a context manager (an MLflow
-run started, then ended) that way.
+the block's end (a second one does not); :func:`whole` enters and leaves a
+context manager (an MLflow run started, then ended) that way.
 
 So a stopped command always ends with its "run the same command again" line,
 never a traceback. A signal the process was started to ignore stays ignored.
@@ -117,7 +117,8 @@ def signals_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT raise :class:`KeyboardInterrupt` and are recorded.
 
     The outermost block starts with no stop recorded and forgets its stop when
-    left; on leaving it, the handlers that were there before are put back. Outside the main thread it does nothing.
+    left; on leaving it, the handlers that were there before are put back.
+    Outside the main thread it does nothing.
     """
     global _reason, _depth
     if threading.current_thread() is not threading.main_thread():
