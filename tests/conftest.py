@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,13 @@ PROJECT_FILES = ("conf", "pipeline", "src", "vendor", "dvc.yaml", "params.yaml",
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+# Tests stop themselves, and the commands they start, with Ctrl-C (SIGINT). A shell without job control
+# starts `make test &` with SIGINT ignored (POSIX), an ignored signal stays ignored across exec, and digitlab
+# keeps a signal its process was started to ignore: those tests would wait for a stop that never comes.
+# This process (xdist's main one first, then each worker it starts) takes SIGINT as Python does by default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def user_env(env: dict | None = None) -> dict:

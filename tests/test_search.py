@@ -98,7 +98,8 @@ def test_ctrl_c_at_any_moment_of_asking_leaves_no_trial_without_its_owner(tmp_pa
         stop = threading.Timer(chance.uniform(0, 0.1), os.kill, (os.getpid(), signal.SIGINT))
         with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
             stop.start()
-            while True:
+            deadline = time.monotonic() + 10  # the stop comes within 0.1 s
+            while time.monotonic() < deadline:
                 search.ask()
         stop.join()
         running = search.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
