@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -202,6 +203,26 @@ def test_a_stop_within_a_held_step_comes_when_the_step_ends():
         os.kill(os.getpid(), signal.SIGINT)  # a user who insists: the second stop comes at once
         sum(range(1000))
         done.append("not reached")
+    assert done[-1] == "first stop held"
+
+    inside, release = threading.Event(), threading.Event()
+
+    def hold_in_another_thread() -> None:
+        with interrupts.held():
+            inside.set()
+            release.wait(10)
+
+    other = threading.Thread(target=hold_in_another_thread)
+    other.start()
+    try:
+        assert inside.wait(10)
+        with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):  # another thread's step holds nothing here
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))
+            done.append("not reached either")
+    finally:
+        release.set()
+        other.join()
     assert done[-1] == "first stop held"
     with interrupts.held():  # outside a signals_as_interrupt() block: nothing to raise
         done.append("later")

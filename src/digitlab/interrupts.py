@@ -143,8 +143,12 @@ def signals_as_interrupt() -> Iterator[None]:
 def held() -> Iterator[None]:
     """A stop that comes within the block is raised when the block ends (a step that must finish once begun).
 
-    A second stop while the first waits is not held back (a step that hangs, a user who insists)."""
+    A second stop while the first waits is not held back (a step that hangs, a user who insists). Outside the
+    main thread, where no stop is raised, it does nothing."""
     global _held
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _held += 1
     try:
         yield
