@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +33,19 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # This process (xdist's main one first, then each worker it starts) takes SIGINT as Python does by default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def ctrl_c_at_a_random_moment(action: Callable[[], object], chance: random.Random, within_s: float) -> None:
+    """``action()`` under a digitlab command's signal handling, with a real Ctrl-C (SIGINT to this process) at a
+    random moment within ``within_s`` s: it must end in the KeyboardInterrupt. One that finished first waits for it."""
+    from digitlab import interrupts
+
+    stop = threading.Timer(chance.uniform(0, within_s), os.kill, (os.getpid(), signal.SIGINT))
+    with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        stop.start()
+        action()
+        time.sleep(10)
+    stop.join()
 
 
 def user_env(env: dict | None = None) -> dict:

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from digitlab import runs
 from digitlab.training.checkpoints import CheckpointDir
-from tests.conftest import tiny_config
+from tests.conftest import ctrl_c_at_a_random_moment, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 8
@@ -261,20 +261,12 @@ def test_ctrl_c_at_random_moments_of_mlflow_writes_leaves_the_sqlite_store_writa
     every later write of the process waited 20 s and failed ('database is locked'). The stop waits for the
     store's call to return."""
     import random
-    import threading
-
-    from digitlab import interrupts
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = client.create_run(client.create_experiment("stops")).info.run_id
     chance = random.Random(0)
     for attempt in range(30):
-        stop = threading.Timer(chance.uniform(0, 0.02), os.kill, (os.getpid(), signal.SIGINT))
-        with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
-            stop.start()
-            for step in range(1000):
-                client.log_metric(run_id, "m", step)
-        stop.join()
+        ctrl_c_at_a_random_moment(lambda: [client.log_metric(run_id, "m", step) for step in range(1000)], chance, 0.02)
         started = time.monotonic()
         client.set_tag(run_id, "after", str(attempt))  # raised MlflowException after 20 s, before
         assert time.monotonic() - started < 5, f"a write after stop {attempt} waited for a lock"

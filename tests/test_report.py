@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import signal
-import threading
-import time
 
 import matplotlib.pyplot as plt
 import mlflow
 import pytest
 
-from digitlab import interrupts
 from digitlab.errors import DigitlabError
 from digitlab.evaluation import evaluate, figures
 from digitlab.report import build
@@ -23,6 +18,7 @@ from digitlab.settings import Layout
 from digitlab.training.outputs import TrainOutputs
 
 pytest.register_assert_rewrite("tests.evaluation_fixtures")
+from tests.conftest import ctrl_c_at_a_random_moment  # noqa: E402
 from tests.evaluation_fixtures import MODEL_NAMES, evaluation_dir, fake_project, layout, make_project, settings, update_run  # noqa: E402
 
 pytest_plugins = ["tests.evaluation_fixtures"]
@@ -98,13 +94,8 @@ def test_ctrl_c_at_any_moment_of_logging_the_report_leaves_no_run_running(evalua
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text("<html></html>")
     chance = random.Random(0)
-    for attempt in range(25):
-        stop = threading.Timer(chance.uniform(0, 0.15), os.kill, (os.getpid(), signal.SIGINT))
-        with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
-            stop.start()
-            build.log_report_run(results, [page], config.tracking)
-            time.sleep(5)  # logged before the stop came: wait for it
-        stop.join()
+    for _ in range(25):
+        ctrl_c_at_a_random_moment(lambda: build.log_report_run(results, [page], config.tracking), chance, 0.15)
     client = mlflow.MlflowClient(uri)
     experiment = results[0].train.run.experiment_id
     runs = client.search_runs([experiment], "attributes.run_name = 'report'", max_results=100)

@@ -24,9 +24,8 @@ import requests
 from optuna.trial import TrialState
 
 from digitlab.errors import ConfigError
-from digitlab import interrupts
 from digitlab.search import PID_ATTR, PRUNED_ATTR, Search, SearchOptions, parse_space
-from tests.conftest import run
+from tests.conftest import ctrl_c_at_a_random_moment, run
 
 TINY = [
     "dataset=digits", "models.mlp.model.hidden_units=[16]", "models.mlp.training.epochs=1",
@@ -93,15 +92,15 @@ def test_ctrl_c_at_any_moment_of_asking_leaves_no_trial_without_its_owner(tmp_pa
     not counted and not retried."""
     options = SearchOptions(study_name="asking", n_trials=10_000, n_jobs=2, sampler="random", seed=0)
     search = Search(options, f"sqlite:///{tmp_path / 'optuna.db'}", parse_space({"x": "interval(0, 1)"}, []), None, tmp_path)
+
+    def ask_again_and_again() -> None:
+        deadline = time.monotonic() + 10  # the stop comes within 0.1 s
+        while time.monotonic() < deadline:
+            search.ask()
+
     chance = random.Random(0)
     for attempt in range(30):
-        stop = threading.Timer(chance.uniform(0, 0.1), os.kill, (os.getpid(), signal.SIGINT))
-        with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
-            stop.start()
-            deadline = time.monotonic() + 10  # the stop comes within 0.1 s
-            while time.monotonic() < deadline:
-                search.ask()
-        stop.join()
+        ctrl_c_at_a_random_moment(ask_again_and_again, chance, 0.1)
         running = search.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         assert all(t.user_attrs.get(PID_ATTR) == os.getpid() for t in running), f"stop {attempt}: a trial without its owner"
         assert {t.number for t in running} == set(search.in_flight), f"stop {attempt}"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import threading
 import time
 from pathlib import Path
@@ -12,11 +10,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from digitlab import interrupts, tracking
+from digitlab import tracking
 from digitlab.errors import DigitlabError
 from digitlab.tracking import TrackingSettings
 from digitlab.training.loop import train
-from tests.conftest import free_port, tiny_settings
+from tests.conftest import ctrl_c_at_a_random_moment, free_port, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MLP = [
@@ -127,14 +125,13 @@ def test_ctrl_c_at_any_moment_of_starting_a_run_leaves_no_run_running(mlflow_uri
     chance = random.Random(0)
     with tracking.tracked_run(cfg, "mlp", "digits"):  # the experiment exists: every stop below lands in a run's start
         pass
-    for attempt in range(30):
-        stop = threading.Timer(chance.uniform(0, 0.2), os.kill, (os.getpid(), signal.SIGINT))
-        with interrupts.signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
-            stop.start()
-            with tracking.tracked_run(cfg, "mlp", "digits"):
-                tracking.active_run().journal.log_metrics({"accuracy": 0.5}, step=1)
-            time.sleep(5)  # ended before the stop came: wait for it
-        stop.join()
+
+    def one_run() -> None:
+        with tracking.tracked_run(cfg, "mlp", "digits"):
+            tracking.active_run().journal.log_metrics({"accuracy": 0.5}, step=1)
+
+    for _ in range(30):
+        ctrl_c_at_a_random_moment(one_run, chance, 0.2)
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("stops").experiment_id], max_results=100)
     assert len(runs) > 10 and [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []

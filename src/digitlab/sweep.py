@@ -70,14 +70,13 @@ class MlflowSweepCallback(Callback):
                 self.parent_run_id = previous.info.run_id
                 folders = previous.data.tags.get(SWEEP_DIRS_TAG, "").split(", ")
                 reopen(client, previous, {**tags, SWEEP_DIRS_TAG: ", ".join([*filter(None, folders), folder])[-5000:]})
+                log.info("sweep: continuing MLflow parent run %s (started %s)", self.parent_run_id, _when(previous.info.start_time))
             else:
                 run = client.create_run(experiment, tags={**tags, SWEEP_DIRS_TAG: folder}, run_name=f"sweep {study or overrides}"[:250])
                 self.parent_run_id = run.info.run_id
             os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
             # A job that raises skips on_multirun_end: don't leave the parent RUNNING.
             atexit.register(self._end_parent, "FAILED")
-        if previous is not None:
-            log.info("sweep: continuing MLflow parent run %s (started %s)", self.parent_run_id, _when(previous.info.start_time))
         log.info("sweep: MLflow parent run %s in %s", self.parent_run_id, self.tracking_uri)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:  # also in a launcher's worker process
