@@ -120,7 +120,9 @@ def same_command(params: Path, monkeypatch: pytest.MonkeyPatch):
 def kill_at(env: dict, params: Path, moment, what: str, signum: int = signal.SIGKILL) -> None:
     """Train in a process of its own and send it ``signum`` when ``moment()`` holds; check what it left."""
     log = env["base"] / f"killed-{len(list(env['base'].glob('killed-*')))}.log"
-    process = start(params, log)
+    temp = log.with_suffix(".tmp")  # the process's temp folder
+    temp.mkdir()
+    process = start(params, log, env={**os.environ, "TMPDIR": str(temp)})
     wait_for(process, log, moment, what)
     process.send_signal(signum)
     process.wait(timeout=60)
@@ -128,6 +130,7 @@ def kill_at(env: dict, params: Path, moment, what: str, signum: int = signal.SIG
     for folder in (env["out"], unit(env)):
         if folder is not None and folder.is_dir():
             assert_no_half_written_output(folder)
+    assert not list(temp.glob("__autograph_generated_file*")), "TensorFlow's generated code, which only a normal exit removes"
 
 
 def assert_resumed(env: dict, run_id: str) -> None:
