@@ -26,6 +26,9 @@ PROJECT_FILES = ("conf", "pipeline", "src", "vendor", "dvc.yaml", "params.yaml",
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# A repo a test makes with `dvc init` has DVC's analytics on (the project's .dvc/config turns them off): each DVC
+# command would start a process that tries to reach DVC's server, and leaves its report in /tmp when it cannot.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 # Tests stop themselves, and the commands they start, with Ctrl-C (SIGINT). A shell without job control
 # starts `make test &` with SIGINT ignored (POSIX), an ignored signal stays ignored across exec, and digitlab

@@ -158,7 +158,9 @@ def _load(uri: str, store: str):
     return _load_mlflow_model(uri, TrackingSettings(uri=store))
 
 
-def test_a_keras_flavor_model_loads_by_run_and_by_alias_without_mlflow_loaders(mlflow_uri, sample, monkeypatch):
+def test_a_keras_flavor_model_loads_by_run_and_by_alias_without_mlflow_loaders(mlflow_uri, sample, monkeypatch, tmp_path):
+    import tempfile
+
     import mlflow
 
     model = _tiny_keras_model()
@@ -172,8 +174,12 @@ def test_a_keras_flavor_model_loads_by_run_and_by_alias_without_mlflow_loaders(m
     monkeypatch.setattr(mlflow.keras, "load_model", forbidden)
     monkeypatch.setattr(mlflow.tensorflow, "load_model", forbidden)
     expected = model.predict(sample, verbose=0)
+    temp = tmp_path / "temp"  # the process's temp folder while it loads
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     for uri in (f"runs:/{run_id}/model", "models:/tiny@champion", "models:/tiny/champion", f"models:/tiny/{version}"):
         np.testing.assert_allclose(_load(uri, mlflow_uri).predict(sample, verbose=0), expected, rtol=1e-5, err_msg=uri)
+        assert not list(temp.iterdir()), f"{uri}: a download left behind in the temp folder"
 
 
 def test_a_model_with_a_lambda_layer_is_refused_in_one_line(mlflow_uri, sample, tmp_path):

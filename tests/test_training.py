@@ -112,9 +112,9 @@ def test_mlflow_run_holds_params_metric_histories_tags_and_artifacts(trained, wo
     assert (workspace["base"] / "mlruns" / "tests-mlp").is_dir()
 
 
-def test_logged_model_predicts_through_pyfunc(trained, tiny_prepared):
+def test_logged_model_predicts_through_pyfunc(trained, tiny_prepared, tmp_path):
     x_val, y_val = load_split(tiny_prepared, "val")
-    model = mlflow.pyfunc.load_model(f"runs:/{trained['mlp'].run.run_id}/model")
+    model = mlflow.pyfunc.load_model(f"runs:/{trained['mlp'].run.run_id}/model", dst_path=str(tmp_path))  # not a temp folder left behind
     assert model.metadata.get_input_schema() is not None
     probabilities = np.asarray(model.predict(x_val.astype(np.float32)))
     assert probabilities.shape == (len(y_val), 10)
@@ -131,6 +131,7 @@ def test_logged_model_is_served_by_mlflow_models_serve(trained, workspace, tiny_
     ]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
+        patch.setenv("TMPDIR", str(tmp_path))  # where the server downloads the model, and leaves it
         with serving(command, "/ping", tmp_path) as url:
             response = requests.post(f"{url}/invocations", json={"inputs": x_val.astype(np.float32).tolist()}, timeout=60)
     assert response.ok, response.text

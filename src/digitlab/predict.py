@@ -322,6 +322,7 @@ def _load_mlflow_model(uri: str, settings: TrackingSettings):
     """The Keras model of an MLflow model URI, loaded from its keras flavor's .keras file with safe_mode only."""
     import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
 
     from digitlab import tracking
     from digitlab.models import load_model as load_keras_model
@@ -331,10 +332,12 @@ def _load_mlflow_model(uri: str, settings: TrackingSettings):
     store = tracking.configure(settings)
     uri = registry_uri(uri)
     try:
-        info = mlflow.models.get_model_info(uri)
-        listing = [entry.path.rsplit("/", 1)[-1] for entry in mlflow.artifacts.list_artifacts(artifact_uri=uri)]
-        keras_file = keras_file_of(uri, info.flavors, listing)
+        # Everything downloaded goes into this one folder, removed after: MLflow's own readers of a model's MLmodel
+        # (mlflow.models.get_model_info) leave the copy they download in a temp folder of their own, one per call.
         with tempfile.TemporaryDirectory(prefix="digitlab-model-") as tmp:
+            mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/MLmodel", dst_path=f"{tmp}/mlmodel")
+            listing = [entry.path.rsplit("/", 1)[-1] for entry in mlflow.artifacts.list_artifacts(artifact_uri=uri)]
+            keras_file = keras_file_of(uri, Model.load(mlmodel).flavors, listing)
             local = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{keras_file}", dst_path=tmp)
             try:
                 return load_keras_model(Path(local))
