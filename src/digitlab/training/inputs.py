@@ -18,7 +18,7 @@ def _as_float(x, y):
 def _cast_to_float():
     """``_as_float`` as ``Dataset.map`` takes it, without AutoGraph: it has no Python control flow to convert, and
     a converted function is written to a ``__autograph_generated_file*.py`` in the temp folder that only a normal
-    exit removes (a killed training, or a Ray job ending its worker, left one behind each time)."""
+    exit removes (a killed training, or a sweep's worker that its pool ended, left one behind)."""
     import tensorflow as tf
 
     return tf.autograph.experimental.do_not_convert(_as_float)
