@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,54 @@ def test_odd_class_names_survive_preprocess_and_every_figure(tmp_path: Path) -> 
         assert all(ismath is False for _, ismath in shown)
         assert any(name in rendered for name in expected for rendered, _ in shown)
 
+
+
+def _font_with(character: str) -> str | None:
+    """An installed font file that has ``character`` (read from the files, as fontconfig would), or None."""
+    from matplotlib import font_manager, ft2font
+
+    for path in sorted(set(font_manager.findSystemFonts()) | {entry.fname for entry in font_manager.fontManager.ttflist}):
+        if "LastResort" in path:  # matplotlib's: a box naming the character's Unicode block, for every character
+            continue
+        try:
+            if ord(character) in ft2font.FT2Font(path).get_charmap():
+                return path
+        except (OSError, RuntimeError, ValueError):
+            continue
+    return None
+
+
+def _drawn(text: str) -> np.ndarray:
+    """The pixels of ``text`` drawn alone, as a class name in a figure."""
+    figure = plots.plt.figure(figsize=(1, 0.6))
+    figure.text(0.5, 0.5, plots.plain_text(text), ha="center", va="center", fontsize=24)
+    return np.asarray(Image.open(io.BytesIO(plots.png_bytes(figure))))
+
+
+def test_class_names_in_chinese_are_drawn_in_their_own_letters_not_as_boxes() -> None:
+    """DejaVu Sans, matplotlib's font, has no Chinese: every character was the same empty box, with a warning
+    per character and figure. An installed font that has them is now used for them, with no warning."""
+    from tests.stack_fixtures import require
+
+    require("a font with Chinese characters", None if _font_with("数") else "no installed font has 数 (Debian: apt-get install fonts-wqy-microhei)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "Glyph ... missing from font(s)"
+        number, character = _drawn("数"), _drawn("字")
+    assert not np.array_equal(number, character), "both drawn as the same box"
+    assert (number < 128).any(), "nothing drawn"
+
+
+def test_characters_no_installed_font_has_are_named_once_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    hieroglyph = "\U00013000"  # EGYPTIAN HIEROGLYPH A001: in no font a test machine has, unless Noto's hieroglyphs
+    if _font_with(hieroglyph):
+        pytest.skip(f"an installed font has U+13000: {_font_with(hieroglyph)}")
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="digitlab"):
+        warnings.simplefilter("error")  # matplotlib's own warning, once per figure and character, is left out
+        for _ in range(2):
+            _drawn(f"man {hieroglyph}")
+    lines = [record.getMessage() for record in caplog.records if hieroglyph in record.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "no installed font has" in lines[0] and "install a font" in lines[0], lines[0]
 
 # --- CIFAR: verified again, unpickled with a restricted unpickler ------------------------------
 

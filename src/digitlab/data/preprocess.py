@@ -50,8 +50,10 @@ def save_samples_grid(path: Path, x: np.ndarray, y: np.ndarray, class_names: lis
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from digitlab.evaluation import fonts
     from digitlab.evaluation.plots import plain_text
 
+    fonts.cover(*class_names)  # before the axes' titles exist
     figure, axes = plt.subplots(3, 3, figsize=(6, 6.4))
     for index, axis in enumerate(axes.flat):
         axis.axis("off")

@@ -24,7 +24,7 @@ import numpy as np
 
 from digitlab.data.prepared import Meta, load_meta, load_split
 from digitlab.errors import DigitlabError
-from digitlab.evaluation import metrics
+from digitlab.evaluation import fonts, metrics
 from digitlab.evaluation.figures import EvaluationData, FigureSpec, report_order
 from digitlab.evaluation.outputs import EvaluationMetrics, EvaluationOutputs, Predictions
 from digitlab.models import load_model
@@ -95,6 +95,7 @@ def measure(model, test: HeldOut, probabilities: np.ndarray, throughput: float, 
 
 def draw_figures(data: EvaluationData, outputs: EvaluationOutputs) -> list[FigureSpec]:
     """Draw and write every registered figure that applies to ``data``; returns those written."""
+    fonts.cover(data.recipe, *data.class_names)  # a figure of your own draws the class names with them too
     written = []
     for spec in report_order():
         figure = spec.draw(data)

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
+from digitlab.evaluation import fonts  # noqa: E402
 from digitlab.io import atomic_path  # noqa: E402
 
 DPI = 100
@@ -39,8 +40,15 @@ def plain_text(text: object) -> str:
     Every class name (or run name) a figure shows goes through here: ``$x$``,
     ``a_b^c``, ``50%``, ``&``, ``#``, ``{}``, spaces and any unicode come out as
     written. (Only ``$`` starts mathtext; digitlab never turns on ``text.usetex``.)
+    Characters DejaVu Sans lacks (Chinese, Japanese, Korean...) are drawn with an
+    installed font that has them (:func:`digitlab.evaluation.fonts.cover`), in the
+    texts a figure creates after this call; a figure's own titles, axis labels and
+    tick labels exist from its creation on, so each figure function here covers
+    its names before it creates its figure.
     """
-    return str(text).replace("$", r"\$")
+    text = str(text)
+    fonts.cover(text)
+    return text.replace("$", r"\$")
 
 
 def save_png(figure: Figure, path: Path | str) -> Path:
@@ -75,6 +83,7 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], *, n
     :data:`MAX_ANNOTATED_CLASSES` classes; beyond that only the colours and a
     thinned set of tick labels are shown.
     """
+    fonts.cover(title, *class_names)
     matrix = np.asarray(matrix)
     num_classes = matrix.shape[0]
     size = min(14.0, max(5.0, 0.45 * num_classes + 2))
@@ -106,6 +115,7 @@ def training_curves_figure(histories: Mapping[str, Mapping[str, Sequence[float]]
     ``accuracy``, ``val_loss``, ``val_accuracy`` (history.csv); the best epoch
     of each run, when given, is marked with a dotted vertical line.
     """
+    fonts.cover(title, *histories)
     best_epochs = best_epochs or {}
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -133,6 +143,7 @@ def training_curves_figure(histories: Mapping[str, Mapping[str, Sequence[float]]
 
 def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str], *, classes_shown: int = 3, title: str = "") -> Figure:
     """One-vs-rest ROC curves: micro-average, macro-average and the ``classes_shown`` hardest classes (lowest AUC)."""
+    fonts.cover(title, *class_names)
     y_true = np.asarray(y_true, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     num_classes = probabilities.shape[1]
@@ -164,6 +175,7 @@ def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, class_names: Seque
 
 def image_grid_figure(images: np.ndarray, true_labels: Sequence[str], predicted_labels: Sequence[str], *, columns: int = 3, title: str = "") -> Figure:
     """Up to ``columns``**2 images (uint8, N x H x W x C) captioned "true X / predicted Y"."""
+    fonts.cover(title, *true_labels, *predicted_labels)
     images = np.asarray(images)
     cells = columns * columns
     figure, grid = plt.subplots(columns, columns, figsize=(2.3 * columns, 2.5 * columns), layout="constrained")
@@ -191,6 +203,7 @@ def weight_maps_figure(maps: np.ndarray, titles: Sequence[str], *, title: str = 
     One colour scale, symmetric around zero, is shared by all maps so they can
     be compared with each other; white is a weight of zero.
     """
+    fonts.cover(title, *titles)
     maps = np.asarray(maps, dtype=np.float64)
     count = len(maps)
     columns = max(1, min(max_columns, count))
