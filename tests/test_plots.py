@@ -86,3 +86,19 @@ def test_save_png_leaves_no_partial_file(tmp_path):
     figure = plots.weight_maps_figure(np.ones((1, 3, 3)), ["one"])
     path = plots.save_png(figure, tmp_path / "deep" / "w.png")
     assert [p.name for p in path.parent.iterdir()] == ["w.png"]
+
+
+def test_long_class_names_are_cut_in_the_middle_and_leave_the_matrix_its_room() -> None:
+    """Folder names of 60 characters as tick labels squeezed a 12-class matrix into a fifth of its figure's width."""
+    names = [f"a very long class name from a folder called like this one {i}" for i in range(12)]
+    figure = plots.confusion_matrix_figure(np.eye(12, dtype=int) * 5, names)
+    figure.canvas.draw()
+    matrix_axes = figure.axes[0]
+    labels = [tick.get_text() for tick in matrix_axes.get_xticklabels()]
+    assert len(set(labels)) == 12 and all(len(label) <= plots.MAX_LABEL_CHARS for label in labels), labels
+    assert labels[3].startswith("a very lo") and labels[3].endswith("is one 3") and "…" in labels[3], labels[3]
+    assert matrix_axes.get_position().width > 0.55 and matrix_axes.get_position().height > 0.55
+    plots.png_bytes(figure)
+    # Names that read the same once cut are numbered, so each row can still be told from the others.
+    same = plots._class_labels(["holiday_photos_A_from_the_beach", "holiday_photos_B_from_the_beach", "short"], [0, 1, 2])
+    assert same == ["0: holiday_p…_the_beach", "1: holiday_p…_the_beach", "2: short"], same

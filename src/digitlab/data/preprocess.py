@@ -51,7 +51,7 @@ def save_samples_grid(path: Path, x: np.ndarray, y: np.ndarray, class_names: lis
     import matplotlib.pyplot as plt
 
     from digitlab.evaluation import fonts
-    from digitlab.evaluation.plots import plain_text
+    from digitlab.evaluation.plots import short_text
 
     fonts.cover(*class_names)  # before the axes' titles exist
     figure, axes = plt.subplots(3, 3, figsize=(6, 6.4))
@@ -60,7 +60,7 @@ def save_samples_grid(path: Path, x: np.ndarray, y: np.ndarray, class_names: lis
         if index < len(x):
             image = x[index]
             axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
-            axis.set_title(plain_text(class_names[int(y[index])]), fontsize=10)
+            axis.set_title(short_text(class_names[int(y[index])]), fontsize=10)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100, format="png")

@@ -30,6 +30,8 @@ DPI = 100
 MAX_ANNOTATED_CLASSES = 30
 # At most this many tick labels per axis, so that 100 class names don't overlap.
 MAX_TICKS = 30
+# Class names longer than this are cut in the middle in tick labels and captions (short_text).
+MAX_LABEL_CHARS = 20
 # Positive weights red, negative blue, zero white (as in the softmax-regression tutorial).
 DIVERGING_CMAP = "RdBu_r"
 
@@ -49,6 +51,25 @@ def plain_text(text: object) -> str:
     text = str(text)
     fonts.cover(text)
     return text.replace("$", r"\$")
+
+
+def short_text(text: object, limit: int = MAX_LABEL_CHARS) -> str:
+    """:func:`plain_text` of ``text`` cut in the middle to at most ``limit`` characters (``golden_re…ppies_2023``):
+    a long folder name as a tick label or caption squeezed its figure into a corner. Its start and end stay, since
+    names of one collection tend to differ there; meta.json and classification_report.json keep names whole."""
+    text = str(text)
+    if len(text) > limit:
+        head = (limit - 1) // 2
+        text = f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
+    return plain_text(text)
+
+
+def _class_labels(class_names: Sequence[str], indices: Sequence[int], limit: int = MAX_LABEL_CHARS) -> list[str]:
+    """Tick labels for ``class_names[indices]``, shortened; numbered when two shortened ones would read the same."""
+    labels = [short_text(class_names[i], limit) for i in indices]
+    if len(set(labels)) < len(labels):
+        labels = [f"{i}: {label}" for i, label in zip(indices, labels, strict=True)]
+    return labels
 
 
 def save_png(figure: Figure, path: Path | str) -> Path:
@@ -91,8 +112,8 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], *, n
     image = axes.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalized else max(1, matrix.max()), interpolation="nearest")
     figure.colorbar(image, ax=axes, shrink=0.8, label="share of actual class" if normalized else "images")
     ticks = _tick_positions(num_classes)
-    labels = [plain_text(class_names[i]) for i in ticks]
-    axes.set_xticks(ticks, labels, rotation=90 if max((len(str(class_names[i])) for i in ticks), default=0) > 2 else 0)
+    labels = _class_labels(class_names, ticks)
+    axes.set_xticks(ticks, labels, rotation=90 if max((len(label) for label in labels), default=0) > 2 else 0)
     axes.set_yticks(ticks, labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("actual")
@@ -161,7 +182,7 @@ def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, class_names: Seque
         hardest = sorted(present, key=lambda c: auc(per_class[c][0], per_class[c][1]))[:classes_shown]
         for c in hardest:
             fpr_c, tpr_c, _ = per_class[c]
-            axes.plot(fpr_c, tpr_c, linewidth=1, label=f"class {plain_text(class_names[c])} (AUC {auc(fpr_c, tpr_c):.3f})")
+            axes.plot(fpr_c, tpr_c, linewidth=1, label=f"class {short_text(class_names[c], 30)} (AUC {auc(fpr_c, tpr_c):.3f})")
     axes.plot([0, 1], [0, 1], color="lightgray", linestyle=":", label="chance")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.01)
@@ -190,7 +211,7 @@ def image_grid_figure(images: np.ndarray, true_labels: Sequence[str], predicted_
             axes.imshow(image[..., 0], cmap="binary" if image.mean() < 128 else "gray", vmin=0, vmax=255, interpolation="nearest")
         else:
             axes.imshow(image.astype(np.uint8), interpolation="nearest")
-        axes.set_xlabel(f"true {plain_text(true_labels[index])}\npredicted {plain_text(predicted_labels[index])}", fontsize=9, color="firebrick")
+        axes.set_xlabel(f"true {short_text(true_labels[index])}\npredicted {short_text(predicted_labels[index])}", fontsize=9, color="firebrick")
     if not len(images):
         figure.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=14)
     figure.suptitle(title or "Misclassified test images")
@@ -219,7 +240,7 @@ def weight_maps_figure(maps: np.ndarray, titles: Sequence[str], *, title: str = 
             axes.axis("off")
             continue
         image = axes.imshow(maps[index], cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
-        axes.set_title(plain_text(titles[index]), fontsize=8)
+        axes.set_title(short_text(titles[index], 14), fontsize=8)
     if image is not None:
         figure.colorbar(image, ax=grid, shrink=0.8, label="weight")
     figure.suptitle(title or "Learned weights")
