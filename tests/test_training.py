@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import sys
@@ -444,7 +445,10 @@ def test_the_train_stage_builds_a_cnn_with_its_own_count_per_block_pooled_first(
     overrides = [*TINY_OVERRIDES, "model=cnn", f"paths.data={workspace['data']}", f"tracking.uri={workspace['uri']}",
                  f"output_dir={out}", "tracking.experiment=tests-cnn-layout", f"paths.checkpoints={workspace['base'] / 'checkpoints'}",
                  "models.cnn.model.batch_norm=true", "models.cnn.model.convs_per_block=[1,2]", "models.cnn.model.pool_first=true"]  # fmt: skip
-    run([sys.executable, "-m", "pipeline.train", *overrides], ROOT, timeout=600)
+    done = run([sys.executable, "-m", "pipeline.train", *overrides], ROOT, timeout=600)
+    # No error line from TensorFlow's own logging (at digitlab's level, TF_CPP_MIN_LOG_LEVEL 2): logging the model
+    # through predict printed "E0000 ... NodeDef mentions attribute use_unbounded_threadpool" after every training.
+    assert not re.findall(r"^[EF]\d{4} .*", done.stderr, re.MULTILINE), done.stderr[-3000:]
     model = keras.saving.load_model(out / "model.keras")
     names = [layer.name for layer in model.layers]
     assert [name for name in names if name.startswith("block")] == [

@@ -460,7 +460,10 @@ def log_model(model, sample) -> str:
     from mlflow.models import infer_signature
 
     sample = np.asarray(sample, dtype=np.float32)
-    signature = infer_signature(sample, model.predict(sample, verbose=0))
+    # The model called on the few sample images, not model.predict: with op determinism on (training's
+    # default) predict's tf.data pipeline made TensorFlow print an error line ("NodeDef mentions attribute
+    # use_unbounded_threadpool...") at the end of every training, harmless and nothing a user can act on.
+    signature = infer_signature(sample, np.asarray(model(sample, training=False)))
     # Named requirements: MLflow's inference would import the model in a subprocess (slow).
     requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"numpy=={np.__version__}"]
     return mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements).model_uri
