@@ -3,9 +3,10 @@
 Matplotlib draws text with DejaVu Sans, which has the Latin, Greek and Cyrillic alphabets but no
 Chinese, Japanese or Korean characters (nor many other scripts): a folder dataset whose classes
 are named in them got a box for every character, and a matplotlib warning per character and figure.
-Every text a figure shows passes through :func:`cover` (by way of
-:func:`digitlab.evaluation.plots.plain_text`): characters the fonts in use lack are looked up in the
-fonts installed on the machine (read from the font files themselves, so a font installed after
+Each figure function passes its names through :func:`cover` before it creates its figure (matplotlib
+fixes a text's fonts when it creates the text, and a figure creates its titles, axis labels and tick
+labels with itself), and so does :func:`digitlab.evaluation.plots.plain_text` with every text it is
+given: characters the fonts in use lack are looked up in the fonts installed on the machine (read from the font files themselves, so a font installed after
 matplotlib built its font cache counts too), and the first font that has them joins matplotlib's font
 list, where it serves as a fallback (matplotlib draws each character with the first font in the list
 that has it). Characters no installed font has are named once per process, in one log line that says
