@@ -174,3 +174,11 @@ def test_a_valid_odd_image_is_not_refused(tmp_path: Path) -> None:
     for name, size, mode in (("one.png", (1, 1), "L"), ("deep.png", (8, 8), "I;16"), ("print.jpg", (8, 8), "CMYK")):
         pixels = decode_image(image(tmp_path / name, size, mode), (28, 28, 1))
         assert pixels.shape == (28, 28, 1) and pixels.dtype == np.uint8
+
+
+@pytest.mark.parametrize("stage", ["download", "train"])
+def test_a_stage_run_by_a_python_without_digitlab_says_so_in_one_line(project: Path, stage: str) -> None:
+    """`dvc repro` outside the activated environment runs the stages with another `python` from PATH: a traceback
+    ending in ModuleNotFoundError. (``-S``: this Python without its site-packages, where digitlab is installed.)"""
+    one_line_exit_2([sys.executable, "-S", "-m", f"pipeline.{stage}", "--params", "params.yaml"], project,
+                    "has no digitlab installed: run the pipeline in the project's environment")  # fmt: skip
