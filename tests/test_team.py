@@ -448,7 +448,7 @@ def test_a_search_on_the_stack_keeps_its_study_in_postgresql(stack: Stack, monke
     """tracking=team: the Optuna study goes to the stack's PostgreSQL (database optuna), the password never in a URL."""
     import optuna
 
-    from digitlab.search import default_storage, open_storage
+    from digitlab.search import default_storage, open_storage, quiet_heartbeats
 
     monkeypatch.setenv("DIGITLAB_STACK_DIR", str(stack.dir))
     monkeypatch.delenv("PGPASSFILE", raising=False)
@@ -457,7 +457,8 @@ def test_a_search_on_the_stack_keeps_its_study_in_postgresql(stack: Stack, monke
     assert url == f"postgresql+psycopg://mlflow@127.0.0.1:{port}/optuna" and os.environ["PGPASSFILE"] == str(stack.dir / "secrets" / "pgpass")
     name = f"stack-study-{os.getpid()}"
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
-    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    with quiet_heartbeats():  # Optuna's ask-and-tell on a storage with heartbeats, as the search uses it
+        study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
     assert optuna.load_study(study_name=name, storage=url).best_value == 0.5
 
 
