@@ -182,3 +182,22 @@ def test_a_stage_run_by_a_python_without_digitlab_says_so_in_one_line(project: P
     ending in ModuleNotFoundError. (``-S``: this Python without its site-packages, where digitlab is installed.)"""
     one_line_exit_2([sys.executable, "-S", "-m", f"pipeline.{stage}", "--params", "params.yaml"], project,
                     "has no digitlab installed: run the pipeline in the project's environment")  # fmt: skip
+
+
+def test_dvc_outside_the_environment_runs_a_stage_that_says_so_in_one_line(tmp_path: Path) -> None:
+    """A real `dvc repro` whose `python` on PATH has no digitlab (a Python started without its site-packages)."""
+    from .conftest import copy_project, user_env
+
+    project = copy_project(tmp_path / "project")
+    shim = tmp_path / "other-python"
+    shim.mkdir()
+    (shim / "python").write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    (shim / "python").chmod(0o755)
+    env = user_env()
+    env["PATH"] = f"{shim}:{env['PATH']}"
+    done = subprocess.run([str(BIN / "dvc"), "repro", "download"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.startswith(LINE)]
+    assert len(lines) == 1 and f"python={sys.executable}" in lines[0] and "has no digitlab installed" in lines[0], output
+    assert "exited with 2" in output, output

@@ -226,6 +226,30 @@ def test_characters_no_installed_font_has_are_named_once_in_one_line(caplog: pyt
     assert len(lines) == 1 and "\n" not in lines[0], lines
     assert "no installed font has" in lines[0] and "install a font" in lines[0], lines[0]
 
+
+@pytest.mark.slow
+def test_a_folder_named_in_chinese_runs_its_data_stages_with_its_letters_drawn(project: Path) -> None:
+    """`dvc repro download preprocess` on your own folder whose classes are named in Chinese, plus one named in
+    a script no installed font has: no matplotlib warning per glyph, one line naming what no font draws."""
+    from tests.stack_fixtures import require
+
+    require("a font with Chinese characters", None if _font_with("数") else "no installed font has 数 (Debian: apt-get install fonts-wqy-microhei)")
+    hieroglyph = "\U00013000"
+    names = ["数字", "猫"] + ([] if _font_with(hieroglyph) else [hieroglyph])
+    rng = np.random.default_rng(0)
+    for name in names:
+        for index in range(6):
+            _save(Image.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8)), project / "photos" / name / f"{index}.png")
+    run(["digitlab", "params", "dataset=folder", "dataset.path=photos", "dataset.image_shape=[8,8,1]",
+         "dataset.validation_size=3", "dataset.test_size=6"], project)  # fmt: skip
+    done = run(["dvc", "repro", "download", "preprocess"], project)
+    output = done.stdout + done.stderr
+    assert "Running stage 'preprocess'" in output and (project / "data" / "prepared" / "samples.png").is_file()
+    assert "Glyph" not in output and "Traceback" not in output, output[-3000:]
+    named = [line for line in output.splitlines() if "no installed font has" in line]
+    assert len(named) == (0 if _font_with(hieroglyph) else 1), output[-3000:]
+    assert all(hieroglyph in line and "数" not in line.split("(in")[0] for line in named), named
+
 # --- CIFAR: verified again, unpickled with a restricted unpickler ------------------------------
 
 
