@@ -64,9 +64,9 @@ def short_text(text: object, limit: int = MAX_LABEL_CHARS) -> str:
     return plain_text(text)
 
 
-def _class_labels(class_names: Sequence[str], indices: Sequence[int], limit: int = MAX_LABEL_CHARS) -> list[str]:
+def _class_labels(class_names: Sequence[str], indices: Sequence[int]) -> list[str]:
     """Tick labels for ``class_names[indices]``, shortened; numbered when two shortened ones would read the same."""
-    labels = [short_text(class_names[i], limit) for i in indices]
+    labels = [short_text(class_names[i]) for i in indices]
     if len(set(labels)) < len(labels):
         labels = [f"{i}: {label}" for i, label in zip(indices, labels, strict=True)]
     return labels
