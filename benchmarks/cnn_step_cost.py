@@ -32,14 +32,12 @@ SECTION_START, SECTION_END = "<!-- cnn-step-cost: benchmarks/cnn_step_cost.py --
 # Changes from the default CNN (settings of digitlab.models.families.cnn.CnnSettings).
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "pool_first": {"pool_first": True},
-    "pool_first_convs_112": {"pool_first": True, "convs_per_block": [1, 1, 2]},
-    "convs_112": {"convs_per_block": [1, 1, 2]},
-    "pool_first_convs_122": {"pool_first": True, "convs_per_block": [1, 2, 2]},
+    "previous_default": {"pool_first": False, "convs_per_block": 1},  # until 2026-12-07, over 20 passes
+    "pool_first_convs_111": {"convs_per_block": 1},
+    "pool_first_convs_112": {"convs_per_block": [1, 1, 2]},
+    "convs_122": {"pool_first": False},
     "no_batch_norm": {"batch_norm": False},
-    "no_batch_norm_pool_first": {"batch_norm": False, "pool_first": True},
 }
-
 
 def default_cnn() -> dict:
     """The default CNN's settings, as the project composes them from conf/."""

@@ -204,6 +204,7 @@ TINY_OVERRIDES = (
     "models.mlp.model.hidden_units=[32]",
     "models.mlp.optimizer.learning_rate=0.01",
     "models.cnn.model.conv_filters=[8,16]",
+    "models.cnn.model.convs_per_block=1",
     "models.cnn.model.batch_norm=false",
     "models.cnn.model.dense_units=[32]",
     "models.cnn.optimizer.learning_rate=0.01",

@@ -128,15 +128,15 @@ def test_cnn_step_cost_times_the_layouts_side_by_side_and_writes_its_section(tmp
     out = tmp_path / "RESULTS.md"
     out.write_text(f"# digitlab benchmarks\n\n<!-- cnn-step-cost: benchmarks/cnn_step_cost.py -->\nan older run\n<!-- /cnn-step-cost -->\n\n{KEPT}\n")
     done = run([sys.executable, "-m", "benchmarks.cnn_step_cost", "--steps", "2", "--repeats", "1", "--variants",
-                "default,pool_first_convs_112", "--out", str(out)], ROOT, timeout=600)  # fmt: skip
+                "default,previous_default", "--out", str(out)], ROOT, timeout=600)  # fmt: skip
     printed = dict(re.findall(r"^(\S+)\s+[\d.]+ ms CPU per step\s+([\d.]+)x of default$", done.stdout, re.MULTILINE))
-    assert printed["default"] == "1.00" and float(printed["pool_first_convs_112"]) > 0
+    assert printed["default"] == "1.00" and float(printed["previous_default"]) > 0
     markdown = out.read_text()
     assert "an older run" not in markdown and markdown.rstrip().endswith(KEPT)
-    rows = {row.split(" | ")[0].lstrip("| "): row.split(" | ") for row in markdown.splitlines() if row.startswith("| default") or row.startswith("| pool_first")}
-    # Pooling has no weights: the pooled-first layout differs from the default only by the 7x7 block's second convolution.
-    default_params, variant_params = (int(rows[name][2].replace(",", "")) for name in ("default", "pool_first_convs_112"))
-    assert variant_params - default_params == 64 * 64 * 9 + 64 + 4 * 64  # the convolution's kernel and bias, its batch norm's 4 vectors
-    assert rows["pool_first_convs_112"][-1].strip(" |") == f"{printed['pool_first_convs_112']}x"
+    rows = {row.split(" | ")[0].lstrip("| "): row.split(" | ") for row in markdown.splitlines() if row.startswith(("| default", "| previous_default"))}
+    # Pooling has no weights: the layouts differ by the second convolutions of the 14x14 and 7x7 blocks.
+    default_params, variant_params = (int(rows[name][2].replace(",", "")) for name in ("default", "previous_default"))
+    assert default_params - variant_params == 2 * (64 * 64 * 9 + 64 + 4 * 64)  # each a kernel, its bias, its batch norm's 4 vectors
+    assert rows["previous_default"][-1].strip(" |") == f"{printed['previous_default']}x"
     bad = run([sys.executable, "-m", "benchmarks.cnn_step_cost", "--variants", "default,wide", "--out", str(out)], ROOT, check=False, timeout=60)
     assert bad.returncode == 2 and "--variants='default,wide' is not valid" in bad.stderr and "Traceback" not in bad.stderr

@@ -140,7 +140,8 @@ BAD_SETTINGS = [
     (["evaluate.top_k=inf"], r"^digitlab: error: evaluate\.top_k=inf is not valid"),
     (["+models.cnn.model.filterz=3"], r"^digitlab: error: models\.cnn\.model\.filterz=3 is not valid: expected no such setting"),
     (["model=resnet"], r"^digitlab: error: model='resnet' is not valid: expected one of the recipes under models: linear, mlp, cnn"),
-    (["models.cnn.model.convs_per_block=[1,1]"], r"^digitlab: error: models\.cnn\.model\.convs_per_block=\[1, 1\] is not valid: expected one count for every block, or a list of 3 \(one per conv_filters entry\)$"),
+    (["models.cnn.model.convs_per_block=[1,1]"], r"^digitlab: error: models\.cnn\.model\.convs_per_block=\[1, 1\] is not valid: expected one count for every block, or a list of 3 \(one per conv_filters entry: conv_filters=\[32, 64, 64\]\); set both when changing the number of blocks$"),
+    (["models.cnn.model.conv_filters=[32,64]"], r"^digitlab: error: models\.cnn\.model\.convs_per_block=\[1, 2, 2\] is not valid: expected one count for every block, or a list of 2 \(one per conv_filters entry: conv_filters=\[32, 64\]\); set both when changing the number of blocks$"),
     (["models.cnn.model.convs_per_block=[1,0,2]"], r"^digitlab: error: models\.cnn\.model\.convs_per_block\[1\]=0 is not valid: expected a number greater than 0$"),
 ]  # fmt: skip
 

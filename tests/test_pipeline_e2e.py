@@ -36,7 +36,7 @@ models:
     model: {hidden_units: [32]}
     training: {epochs: 2, batch_size: 64}
   cnn:
-    model: {conv_filters: [8], dense_units: [16]}
+    model: {conv_filters: [8], convs_per_block: 1, dense_units: [16]}
     training: {epochs: 1, batch_size: 64}
 """
 

@@ -330,7 +330,8 @@ def test_bad_settings_are_refused_by_the_schema(overrides, message):
 
 
 def test_an_architecture_that_does_not_fit_the_images_fails_before_any_run(workspace):
-    settings = config(workspace, "cnn", "bad", "tracking.experiment=tests-bad", "models.cnn.model.conv_filters=[8,8,8,8]")
+    settings = config(workspace, "cnn", "bad", "tracking.experiment=tests-bad", "models.cnn.model.conv_filters=[8,8,8,8]",
+                      "models.cnn.model.convs_per_block=1")
     with pytest.raises(ConfigError, match=r"layer 'block4_pool' gets shape \(1, 1, 8\) from input images of shape \(8, 8, 1\)"):
         train(settings)
     assert mlflow.get_experiment_by_name("tests-bad") is None, "no MLflow run may start for a bad config"

@@ -26,9 +26,13 @@ class CnnSettings(ArchitectureBase):
     @field_validator("convs_per_block")
     @classmethod
     def _one_count_per_block(cls, value: int | list[int], info: ValidationInfo) -> int | list[int]:
-        blocks = len(info.data.get("conv_filters", ()))
-        if isinstance(value, list) and blocks and len(value) != blocks:
-            raise ValueError(f"one count for every block, or a list of {blocks} (one per conv_filters entry)")
+        filters = info.data.get("conv_filters", ())
+        if isinstance(value, list) and filters and len(value) != len(filters):
+            # Named in full: the usual cause is a changed conv_filters, not this setting.
+            raise ValueError(
+                f"one count for every block, or a list of {len(filters)} (one per conv_filters entry: conv_filters={list(filters)}); "
+                "set both when changing the number of blocks"
+            )
         return value
 
     misfit_setting: ClassVar[str] = "conv_filters"
