@@ -39,6 +39,7 @@ VARIANTS: dict[str, dict] = {
     "no_batch_norm": {"batch_norm": False},
 }
 
+
 def default_cnn() -> dict:
     """The default CNN's settings, as the project composes them from conf/."""
     from digitlab.config import compose
