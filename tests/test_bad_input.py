@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, copy_project, user_env
 
 BIN = Path(sys.executable).parent
 LINE = "digitlab: error: "
@@ -186,8 +186,6 @@ def test_a_stage_run_by_a_python_without_digitlab_says_so_in_one_line(project: P
 
 def test_dvc_outside_the_environment_runs_a_stage_that_says_so_in_one_line(tmp_path: Path) -> None:
     """A real `dvc repro` whose `python` on PATH has no digitlab (a Python started without its site-packages)."""
-    from .conftest import copy_project, user_env
-
     project = copy_project(tmp_path / "project")
     shim = tmp_path / "other-python"
     shim.mkdir()

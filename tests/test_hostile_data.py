@@ -3,6 +3,7 @@ odd class names survive every figure, and a CIFAR archive cannot run code."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -179,6 +180,7 @@ def test_odd_class_names_survive_preprocess_and_every_figure(tmp_path: Path) -> 
 
 
 
+@functools.cache  # reads every installed font file: once per character and session
 def _font_with(character: str) -> str | None:
     """An installed font file that has ``character`` (read from the files, as fontconfig would), or None."""
     from matplotlib import font_manager, ft2font
@@ -249,6 +251,7 @@ def test_a_folder_named_in_chinese_runs_its_data_stages_with_its_letters_drawn(p
     named = [line for line in output.splitlines() if "no installed font has" in line]
     assert len(named) == (0 if _font_with(hieroglyph) else 1), output[-3000:]
     assert all(hieroglyph in line and "数" not in line.split("(in")[0] for line in named), named
+
 
 # --- CIFAR: verified again, unpickled with a restricted unpickler ------------------------------
 
