@@ -156,6 +156,21 @@ def test_bad_setting_is_one_line_and_exit_2_and_params_yaml_is_kept(project: Pat
     assert (project / "params.yaml").read_bytes() == before, "a refused setting must not reach params.yaml"
 
 
+def test_a_cnn_with_another_number_of_blocks_composes_when_both_settings_are_given(project: Path) -> None:
+    """The README's pair of -S: conv_filters with two blocks and convs_per_block with two counts, as `digitlab params`
+    (and the stages) compose them, build the CNN they name."""
+    import keras
+
+    from digitlab.models import build_model, parse_architecture
+
+    run([str(Path(sys.executable).parent / "digitlab"), "params", "models.cnn.model.conv_filters=[32,64]",
+         "models.cnn.model.convs_per_block=[1,2]"], project)  # fmt: skip
+    cnn = yaml.safe_load((project / "params.yaml").read_text())["models"]["cnn"]["model"]
+    assert cnn["conv_filters"] == [32, 64] and cnn["convs_per_block"] == [1, 2]
+    model = build_model(parse_architecture(cnn), (28, 28, 1), 10)
+    assert [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == ["block1_conv1", "block2_conv1", "block2_conv2"]
+
+
 @pytest.mark.parametrize("mode", ["params", "hydra"])
 def test_stage_refuses_a_bad_setting_before_any_work(project: Path, mode: str) -> None:
     args = ["--params", "params.yaml"] if mode == "params" else []
