@@ -21,6 +21,11 @@ Parts (``--parts``, all by default):
 - accuracy: test accuracy of the default recipes and of the tutorial presets
   on each ``--accuracy-datasets`` dataset, next to the tutorials' published
   numbers (MNIST / CIFAR-100 numbers, labelled as such).
+- cost: issue 13's time bound on ``--dataset`` (``benchmarks/recipe_cost.py``):
+  seconds per evaluation of each default recipe and of the one before the
+  retune, alternating ``--repeats`` times, times the evaluations each full
+  training ran (the current recipes': the accuracy part's, when it ran on
+  that dataset).
 
 Everything runs in temporary copies of the project under ``--work-dir``;
 ``benchmarks/results.json`` and ``benchmarks/RESULTS.md`` are written at the
@@ -57,7 +62,7 @@ PLAIN_KERAS = Path(__file__).resolve().parent / "plain_keras.py"
 PROJECT_FILES = ("conf", "pipeline", "src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
 # The pipeline's recipes, as params.yaml names them (a recipe added in conf/ is measured too).
 MODELS = tuple(yaml.safe_load((ROOT / "params.yaml").read_text())["models"])
-PARTS = ("overhead", "caching", "memory", "accuracy")
+PARTS = ("overhead", "caching", "memory", "accuracy", "cost")
 
 # The targets of issue 5.
 OVERHEAD_TARGETS = {"linear": 1.25, "mlp": 1.25, "cnn": 1.10}
@@ -410,6 +415,19 @@ def measure_accuracy(work: Path, datasets: list[str], models: list[str], presets
     return {"runs": runs, "seeds": seeds, "preset_seeds": preset_seeds}
 
 
+def measure_cost(project: Path, args: argparse.Namespace, accuracy: dict | None, work: Path) -> dict:
+    """Issue 13's time bound (benchmarks/recipe_cost.py), with the evaluations the accuracy part's default trainings ran."""
+    from benchmarks import recipe_cost
+
+    models = [model for model in args.models if model in recipe_cost.PREVIOUS]
+    evaluations = recipe_cost.evaluations_run(accuracy, args.dataset)
+    measured = recipe_cost.measure(project, models, args.repeats, work / "cost", evaluations)
+    pipeline = measured["pipeline"]
+    log(f"cost: the {args.dataset} pipeline's trainings take {pipeline['ratio']:.2f}x their time before the retune "
+        f"({pipeline['before_s']:.0f} s -> {pipeline['after_s']:.0f} s)")  # fmt: skip
+    return {"dataset": args.dataset, "repeats": args.repeats, **measured}
+
+
 def _preset_dataset(project: Path, recipe: str) -> str | None:
     """The dataset a preset was written for (the one it overrides to)."""
     if recipe == "default":
@@ -528,6 +546,11 @@ def targets_table(results: dict) -> list[dict]:
             rows.append({"target": f"{model} train-stage peak RSS < {memory['target_ratio']:.0f}x float32 training images ({memory['dataset']})",
                          "measured": f"{entry['peak_rss_mb']:.0f} MB = {entry['ratio']:.1f}x "
                                      f"({entry['above_import_floor_ratio']:.1f}x above the import floor)", "met": entry["met"]})  # fmt: skip
+    cost = results.get("cost")
+    if cost:
+        from benchmarks.recipe_cost import target_row
+
+        rows.append(target_row(cost, cost["dataset"]))
     for run in (results.get("accuracy") or {}).get("runs", []):
         if run["recipe"] == "default" and run["dataset"] == ACCURACY_TARGET_DATASET and "test_accuracy" in run:
             target = ACCURACY_TARGETS[run["model"]]
@@ -681,7 +704,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated default recipes to measure")
     parser.add_argument("--dataset", default=None, help="dataset of the overhead and memory parts (default fashion_mnist; quick: digits)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per overhead run (default 2; quick: 1)")
-    parser.add_argument("--repeats", type=int, default=None, help="repetitions per overhead measurement (default 2; quick: 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions per overhead and cost measurement (default 2; quick: 1)")
     parser.add_argument("--caching-dataset", default=None, help="dataset of the caching part (default mnist_5k; quick: digits)")
     parser.add_argument("--caching-epochs", type=int, default=None, help="epochs per model in the caching part (default 2; quick: 1)")
     parser.add_argument("--noop-repeats", type=int, default=None, help="no-op dvc repro runs (default 5; quick: 2)")
@@ -747,6 +770,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "accuracy" in args.parts:
             results["accuracy"] = measure_accuracy(work, args.accuracy_datasets, args.models, args.presets, args.quick, projects,
                                                    args.seeds, args.preset_seeds)  # fmt: skip
+        if "cost" in args.parts:
+            results["cost"] = measure_cost(dataset_project(work, args.dataset, projects), args, results.get("accuracy"), work)
         if "memory" in args.parts:
             project = dataset_project(work, args.dataset, projects)
             results["memory"] = measure_memory(project, results.get("accuracy"), results.get("overhead"), args.models, work,
@@ -764,7 +789,14 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.sections import with_sections
 
     markdown = args.out_dir / "RESULTS.md"  # the sections other benchmarks keep in it stay
-    atomic_write_text(markdown, with_sections(render_markdown(results), markdown))
+    text = with_sections(render_markdown(results), markdown)
+    if "cost" in results:  # its section is recipe_cost's own, kept in place
+        from benchmarks import recipe_cost
+        from benchmarks.sections import replace_section
+
+        section = recipe_cost.markdown(args.dataset, args.repeats, results["cost"])
+        text = replace_section(text, section, recipe_cost.SECTION_START, recipe_cost.SECTION_END)
+    atomic_write_text(markdown, text)
     log(f"wrote {args.out_dir / 'results.json'} and {args.out_dir / 'RESULTS.md'} ({results['wall_s'] / 60:.1f} minutes)")
     for row in results["targets"]:
         log(f"{'MET   ' if row['met'] else 'MISSED'} {row['target']}: {row['measured']}")

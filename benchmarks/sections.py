@@ -20,12 +20,15 @@ def with_sections(text: str, path: Path) -> str:
     return text.rstrip("\n") + "\n" + "".join(f"\n{section}\n" for section in kept)
 
 
-def write_section(path: Path, section: str, start: str, end: str) -> None:
-    """Put ``section`` (which begins with ``start`` and ends with ``end``) in place of the file's previous one, else append it."""
-    text = path.read_text() if path.is_file() else "# digitlab benchmarks\n"
+def replace_section(text: str, section: str, start: str, end: str) -> str:
+    """``text`` with ``section`` (which begins with ``start`` and ends with ``end``) in place of its previous one, else appended."""
     if start in text and end in text:
         before, rest = text.split(start, 1)
-        text = before + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+        return before + section.rstrip("\n") + rest.split(end, 1)[1]
+    return text.rstrip("\n") + "\n\n" + section
+
+
+def write_section(path: Path, section: str, start: str, end: str) -> None:
+    """Put ``section`` in place of the file's previous one (:func:`replace_section`)."""
+    text = path.read_text() if path.is_file() else "# digitlab benchmarks\n"
+    path.write_text(replace_section(text, section, start, end))
