@@ -26,11 +26,14 @@ from benchmarks.run import dataset_project, log, train_digitlab
 HERE = Path(__file__).resolve().parent
 SECTION_START, SECTION_END = "<!-- recipe-cost: benchmarks/recipe_cost.py -->", "<!-- /recipe-cost -->"
 
-# The defaults before issue 13's retune, as overrides of the current conf/.
+# The defaults before issue 13's retune, as overrides of the current conf/, trained as the code then
+# trained them: one optimizer step per call into TensorFlow (steps_per_call came later).
 PREVIOUS: dict[str, list[str]] = {
-    "linear": ["models.linear.optimizer.learning_rate=0.001", "models.linear.training.batch_size=128", "models.linear.training.epochs=40"],
-    "mlp": ["models.mlp.model.batch_norm=false", "models.mlp.training.epochs=40"],
-    "cnn": ["models.cnn.model.conv_filters=[32,64]", "models.cnn.model.convs_per_block=1", "models.cnn.model.pool_first=false"],
+    "linear": ["models.linear.optimizer.learning_rate=0.001", "models.linear.training.batch_size=128", "models.linear.training.epochs=40",
+               "models.linear.training.steps_per_call=1"],
+    "mlp": ["models.mlp.model.batch_norm=false", "models.mlp.training.epochs=40", "models.mlp.training.steps_per_call=1"],
+    "cnn": ["models.cnn.model.conv_filters=[32,64]", "models.cnn.model.convs_per_block=1", "models.cnn.model.pool_first=false",
+            "models.cnn.training.steps_per_call=1"],
 }
 # Evaluations each full Fashion-MNIST training ran: before (benchmarks/results.json of the last full
 # `make bench` before the retune) and after (the retune's runs of the new defaults, benchmarks/TUNING.md).

@@ -190,6 +190,37 @@ def test_evaluation_every_n_steps_and_max_steps(workspace):
     assert history["step"].tolist() == [0, 5, 10, 12] and result.metrics.steps == 12 and result.metrics.epochs == 3
 
 
+def test_several_steps_per_call_still_evaluate_and_stop_on_the_planned_steps(workspace):
+    """Evaluations every 6 steps and a stop at 16: two steps per call into TensorFlow (the largest count
+    dividing both), and the history's steps are the ones a call per step gives."""
+    result, history = train_and_read_history(
+        workspace, "linear", "calls", "models.linear.training.eval_every_steps=6", "models.linear.training.max_steps=16",
+        "models.linear.training.early_stopping.enabled=false",
+    )  # fmt: skip
+    assert history["step"].tolist() == [0, 6, 12, 16] and result.metrics.steps == 16
+    assert keras.models.load_model(workspace["base"] / "calls" / "model.keras").steps_per_execution == 2
+
+
+@pytest.mark.parametrize(
+    ("steps_per_eval", "total_steps", "expected"),
+    [
+        (215, 48 * 215, 5),  # Fashion-MNIST's linear model: 215 batches of 256 a pass
+        (430, 50 * 430, 10),  # its MLP and CNN: 430 batches of 128
+        (550, 1000, 10),  # tutorial_linear: the last evaluation period is 450 steps
+        (8, 24, 8),
+        (782, 3 * 782, 2),  # 2 x 17 x 23: nothing larger up to 16
+        (167, 500, 1),  # a prime period
+    ],
+)
+def test_steps_per_call_divide_every_evaluation_period(steps_per_eval, total_steps, expected):
+    from digitlab.training.schedule import Plan
+
+    plan = Plan(steps_per_eval=steps_per_eval, evaluations=-(-total_steps // steps_per_eval), total_steps=total_steps, max_steps_per_call=16)
+    assert plan.steps_per_execution == expected
+    assert steps_per_eval % expected == 0 and total_steps % expected == 0
+    assert plan.model_copy(update={"max_steps_per_call": 1}).steps_per_execution == 1, "1: a call per step"
+
+
 def test_evaluation_every_n_epochs(workspace):
     result, history = train_and_read_history(
         workspace, "linear", "every2", "models.linear.training.eval_every_epochs=2", "models.linear.training.epochs=4",
@@ -372,7 +403,7 @@ def test_tutorial_presets_are_valid_recipes_for_their_dataset(preset, dataset, m
 
 def test_tutorial_schedules_match_the_tutorials():
     linear = load_settings(compose(["experiment=tutorial_linear"], root=ROOT)).recipe.training
-    assert linear.plan(55_000).model_dump() == {"steps_per_eval": 550, "evaluations": 2, "total_steps": 1000, "first_stop": 0}
+    assert linear.plan(55_000).model_dump() == {"steps_per_eval": 550, "evaluations": 2, "total_steps": 1000, "first_stop": 0, "max_steps_per_call": 16}
     cnn = load_settings(compose(["experiment=tutorial_cnn"], root=ROOT)).recipe.training
     assert cnn.plan(55_000).steps_per_eval == 100 and 100 * cnn.early_stopping.patience == 1000
 

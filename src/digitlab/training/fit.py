@@ -60,7 +60,7 @@ class Fit:
         self.val_data = evaluation_dataset(x_val, y_val, max(training.batch_size, 256))
         self.val_sample = x_val[:8]
         if sample is not None:
-            self._start(plan.total_steps, *sample)
+            self._start(plan, *sample)
         else:
             # The history file may be ahead of the checkpoint when the run was killed in between.
             self.outputs.write_history(self.state.history)
@@ -83,7 +83,7 @@ class Fit:
         )
         self.fit_time_s = time.perf_counter() - started
 
-    def _start(self, total_steps: int, x_sample, y_sample) -> None:
+    def _start(self, plan, x_sample, y_sample) -> None:
         """Compile a fresh model and record history row 0: the untrained model's scores."""
         import keras
 
@@ -96,7 +96,9 @@ class Fit:
             accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
         else:
             loss, accuracy = keras.losses.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.model.compile(optimizer=recipe.optimizer.build(total_steps), loss=loss, metrics=[accuracy])
+        self.model.compile(
+            optimizer=recipe.optimizer.build(plan.total_steps), loss=loss, metrics=[accuracy], steps_per_execution=plan.steps_per_execution,
+        )  # fmt: skip
         before_val = self.model.evaluate(self.val_data, verbose=0, return_dict=True)
         sample = evaluation_dataset(x_sample, y_sample, max(recipe.training.batch_size, 256))
         before_train = self.model.evaluate(sample, verbose=0, return_dict=True)

@@ -67,6 +67,13 @@ class TrainingSettings(Strict):
     # Train towards (1 - s) on the right class and s / classes on each: a softer target, a less
     # over-confident model. 0: the plain cross-entropy (an older params.yaml keeps it).
     label_smoothing: Fraction = 0.0
+    # At most this many optimizer steps per call into TensorFlow (Keras' steps_per_execution; the
+    # plan takes the most that divides every evaluation period). A call per step costs the small
+    # models a share of their CPU in Python and dispatch (a quarter of the linear model's, a tenth
+    # of the MLP's); several steps per call give the same weights bit for bit (benchmarks/TUNING.md,
+    # 2026-12-08). Per-batch callbacks (the progress bar, a stop request) then act every few steps.
+    # 1: a call per step, as Keras does by default (an older params.yaml keeps 16).
+    steps_per_call: PositiveInt = 16
 
     def check(self, prefix: str) -> None:
         if self.max_steps is not None and self.eval_every_steps is not None and self.eval_every_steps > self.max_steps:
@@ -92,7 +99,7 @@ class TrainingSettings(Strict):
             wait_steps = max(wait_steps, math.ceil(self.early_stopping.start_fraction * total_steps))
         return Plan(
             steps_per_eval=steps_per_eval, evaluations=evaluations, total_steps=total_steps,
-            first_stop=min(evaluations, math.ceil(wait_steps / steps_per_eval)),
+            first_stop=min(evaluations, math.ceil(wait_steps / steps_per_eval)), max_steps_per_call=self.steps_per_call,
         )  # fmt: skip
 
 
@@ -103,3 +110,12 @@ class Plan(Strict):
     evaluations: int
     total_steps: int
     first_stop: int = 0  # early stopping may stop the run after this evaluation, not before
+    max_steps_per_call: int = 1  # TrainingSettings.steps_per_call
+
+    @property
+    def steps_per_execution(self) -> int:
+        """Optimizer steps per call into TensorFlow (Keras' ``steps_per_execution``): the most, up to
+        ``max_steps_per_call``, that divide every evaluation period, a last shorter one included, so that
+        evaluations, callbacks and a stop at ``total_steps`` land on the same steps as one step per call."""
+        period = math.gcd(self.steps_per_eval, self.total_steps)
+        return max(count for count in range(1, min(self.max_steps_per_call, period) + 1) if period % count == 0)
