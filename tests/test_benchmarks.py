@@ -151,3 +151,23 @@ def test_cnn_step_cost_times_the_layouts_side_by_side_and_writes_its_section(tmp
     assert rows["previous_default"][-1].strip(" |") == f"{printed['previous_default']}x"
     bad = run([sys.executable, "-m", "benchmarks.cnn_step_cost", "--variants", "default,wide", "--out", str(out)], ROOT, check=False, timeout=60)
     assert bad.returncode == 2 and "--variants='default,wide' is not valid" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_steps_per_call_trains_both_ways_side_by_side_and_finds_the_same_weights(tmp_path: Path) -> None:
+    """`python -m benchmarks.steps_per_call` for real on the default MLP (dropout and batch normalisation: state
+    beyond the weights): one step per call and the planned steps per call leave the same weights bit for bit."""
+    out = tmp_path / "RESULTS.md"
+    out.write_text(f"# digitlab benchmarks\n\n{KEPT}\n")
+    done = run([sys.executable, "-m", "benchmarks.steps_per_call", "--models", "mlp", "--repeats", "1", "--check-steps", "20",
+                "--out", str(out)], ROOT, timeout=600)  # fmt: skip
+    # Fashion-MNIST's 55,000 images in batches of 128: 430 steps per evaluation, 10 per call.
+    assert re.search(r"^mlp\s+10 steps per call: [\d.]+ ms CPU per step against [\d.]+ ms, [\d.]+x; same weights: True$", done.stdout, re.MULTILINE)
+    markdown = out.read_text()
+    assert KEPT in markdown and "| mlp | 128 | 430 | 10 |" in markdown and "| yes (20 steps) |" in markdown
+
+
+def test_steps_per_call_refuses_an_unknown_model_in_one_line() -> None:
+    result = run([sys.executable, "-m", "benchmarks.steps_per_call", "--models", "mlp,resnet"], ROOT, check=False, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "steps_per_call: error: --models='mlp,resnet' is not valid: expected names among linear, mlp, cnn"
+    )

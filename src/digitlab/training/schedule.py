@@ -68,10 +68,10 @@ class TrainingSettings(Strict):
     # over-confident model. 0: the plain cross-entropy (an older params.yaml keeps it).
     label_smoothing: Fraction = 0.0
     # At most this many optimizer steps per call into TensorFlow (Keras' steps_per_execution; the
-    # plan takes the most that divides every evaluation period). A call per step costs the small
-    # models a share of their CPU in Python and dispatch (a quarter of the linear model's, a tenth
-    # of the MLP's); several steps per call give the same weights bit for bit (benchmarks/TUNING.md,
-    # 2026-12-08). Per-batch callbacks (the progress bar, a stop request) then act every few steps.
+    # plan takes the most that divides every evaluation period). A call per step costs CPU in Python
+    # and dispatch: several steps per call take 0.77x / 0.81x / 0.88x of the CPU per step of the
+    # default linear / MLP / CNN and give the same weights bit for bit (benchmarks/steps_per_call.py).
+    # Per-batch callbacks (the progress bar, a stop request) then act every few steps.
     # 1: a call per step, as Keras does by default (an older params.yaml keeps 16).
     steps_per_call: PositiveInt = 16
 
