@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
+from benchmarks.options import refuse_below_one, refuse_names
 from benchmarks.sections import write_section
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -108,15 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.variants.split(",") if name.strip()]
-    unknown = [name for name in names if name not in VARIANTS]
-    if unknown or not names:
-        print(f"cnn_step_cost: error: --variants={args.variants!r} is not valid: expected names among {', '.join(VARIANTS)}", file=sys.stderr)
+    if refuse_names("cnn_step_cost", "variants", args.variants, names, tuple(VARIANTS)):
         return 2
-    for option in ("steps", "repeats", "batch_size"):
-        if getattr(args, option) < 1:
-            print(f"cnn_step_cost: error: --{option.replace('_', '-')}={getattr(args, option)} is not valid: expected a whole number >= 1",
-                  file=sys.stderr)  # fmt: skip
-            return 2
+    if refuse_below_one("cnn_step_cost", args, ("steps", "repeats", "batch_size")):
+        return 2
     results = measure(names, args.steps, args.repeats, args.batch_size)
     for name, entry in results.items():
         print(f"{name:26s} {entry['ms_cpu_per_step']:7.1f} ms CPU per step  {entry['ratio']:.2f}x of {names[0]}")

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
+from benchmarks.options import refuse_below_one, refuse_names
 from benchmarks.sections import write_section
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -132,16 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args(argv)
-    known = ("linear", "mlp", "cnn")
     models = [name.strip() for name in args.models.split(",") if name.strip()]
-    if not models or any(name not in known for name in models):
-        print(f"steps_per_call: error: --models={args.models!r} is not valid: expected names among {', '.join(known)}", file=sys.stderr)
+    if refuse_names("steps_per_call", "models", args.models, models, ("linear", "mlp", "cnn")):
         return 2
-    for option in ("passes", "repeats", "check_steps"):
-        if getattr(args, option) < 1:
-            print(f"steps_per_call: error: --{option.replace('_', '-')}={getattr(args, option)} is not valid: expected a whole number >= 1",
-                  file=sys.stderr)  # fmt: skip
-            return 2
+    if refuse_below_one("steps_per_call", args, ("passes", "repeats", "check_steps")):
+        return 2
     results = measure(models, args.passes, args.repeats, args.check_steps)
     for model, entry in results.items():
         print(f"{model:7s} {entry['steps_per_call']:3d} steps per call: {entry['ms_cpu_per_step']['planned']:.2f} ms CPU per step against "
