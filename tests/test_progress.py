@@ -14,14 +14,15 @@ class FakeTTY(io.StringIO):
         return True
 
 
-def _fit(stream, steps: int = 6) -> str:
+def _fit(stream, steps: int = 6, steps_per_call: int = 1) -> str:
     import keras
 
     from digitlab.training.callbacks import EpochProgress
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile("sgd", "sparse_categorical_crossentropy", metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  steps_per_execution=steps_per_call)  # fmt: skip
     x, y = np.random.default_rng(0).normal(size=(48, 4)).astype("float32"), np.arange(48) % 3
     callback = EpochProgress(steps_per_eval=steps, total_epochs=2, stream=stream, min_interval_s=0.0)
     model.fit(x, y, batch_size=8, epochs=2, steps_per_epoch=steps, verbose=0, callbacks=[callback])
@@ -32,6 +33,12 @@ def test_bar_on_a_terminal():
     out = _fit(FakeTTY())
     assert "epoch 1/2" in out and "epoch 2/2" in out
     assert "6/6" in out and "loss=" in out and "accuracy=" in out
+
+
+def test_bar_counts_every_step_when_several_run_per_call():
+    """training.steps_per_call: Keras reports the batch at the end of each call, the bar still reaches every step."""
+    out = _fit(FakeTTY(), steps=6, steps_per_call=3)
+    assert "6/6" in out and "3/6" in out and "1/6" not in out and "loss=" in out
 
 
 def test_no_bar_in_a_pipe():
