@@ -143,6 +143,7 @@ BAD_SETTINGS = [
     (["models.cnn.model.convs_per_block=[1,1]"], r"^digitlab: error: models\.cnn\.model\.convs_per_block=\[1, 1\] is not valid: expected one count for every block, or a list of 3 \(one per conv_filters entry: conv_filters=\[32, 64, 64\]\); set both when changing the number of blocks$"),
     (["models.cnn.model.conv_filters=[32,64]"], r"^digitlab: error: models\.cnn\.model\.convs_per_block=\[1, 2, 2\] is not valid: expected one count for every block, or a list of 2 \(one per conv_filters entry: conv_filters=\[32, 64\]\); set both when changing the number of blocks$"),
     (["models.cnn.model.convs_per_block=[1,0,2]"], r"^digitlab: error: models\.cnn\.model\.convs_per_block\[1\]=0 is not valid: expected a number greater than 0$"),
+    (["models.linear.training.steps_per_call=0"], r"^digitlab: error: models\.linear\.training\.steps_per_call=0 is not valid: expected a number greater than 0$"),
 ]  # fmt: skip
 
 

@@ -72,7 +72,7 @@ class TrainingSettings(Strict):
     # and dispatch: several steps per call take 0.77x / 0.81x / 0.88x of the CPU per step of the
     # default linear / MLP / CNN and give the same weights bit for bit (benchmarks/steps_per_call.py).
     # Per-batch callbacks (the progress bar, a stop request) then act every few steps.
-    # 1: a call per step, as Keras does by default (an older params.yaml keeps 16).
+    # 1: a call per step, as Keras does by default; a params.yaml from before this setting gets 16.
     steps_per_call: PositiveInt = 16
 
     def check(self, prefix: str) -> None:
