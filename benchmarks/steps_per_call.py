@@ -43,16 +43,16 @@ def recipes(models: list[str]) -> dict:
     return {model: settings.models[model] for model in models}
 
 
-def compiled(recipe, total_steps: int, steps_per_call: int):
-    """The recipe's model, seeded, compiled as the train stage compiles it."""
+def compiled(recipe, plan):
+    """The recipe's model, seeded, compiled by the train stage's own compile for ``plan``."""
     import keras
 
     from digitlab.models import build_model
+    from digitlab.training.fit import compile_for_training
 
     keras.utils.set_random_seed(SEED)
     model = build_model(recipe.model, (28, 28, 1), 10)
-    model.compile(optimizer=recipe.optimizer.build(total_steps), loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], steps_per_execution=steps_per_call)  # fmt: skip
+    compile_for_training(model, recipe, plan)
     return model
 
 
@@ -62,13 +62,13 @@ def batches(recipe, images, labels):
     return training_dataset(images, labels, recipe.training.batch_size, recipe.training.shuffle_buffer, SEED)
 
 
-def same_weights(recipe, plan, images, labels, steps: int) -> bool:
-    """Whether ``steps`` steps with one step per call and with the plan's leave the same weights, bit for bit."""
+def same_weights(recipe, plans: dict, images, labels, steps: int) -> bool:
+    """Whether ``steps`` steps under each of ``plans`` leave the same weights, bit for bit."""
     import numpy as np
 
     weights = []
-    for per_call in (1, plan.steps_per_execution):
-        model = compiled(recipe, plan.total_steps, per_call)
+    for plan in plans.values():
+        model = compiled(recipe, plan)
         model.fit(batches(recipe, images, labels), steps_per_epoch=steps, epochs=1, verbose=0)
         weights.append([np.asarray(w) for w in model.get_weights()])
     return all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
@@ -77,30 +77,31 @@ def same_weights(recipe, plan, images, labels, steps: int) -> bool:
 def measure(models: list[str], passes: int, repeats: int, check_steps: int) -> dict:
     import numpy as np
 
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(TRAIN_IMAGES, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=TRAIN_IMAGES)
     results = {}
     for model, recipe in recipes(models).items():
-        plan = recipe.training.plan(TRAIN_IMAGES)
-        per_call = plan.steps_per_execution
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, size=(TRAIN_IMAGES, 28, 28, 1), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=TRAIN_IMAGES)
+        planned = recipe.training.plan(TRAIN_IMAGES)
+        plans = {"one": planned.model_copy(update={"max_steps_per_call": 1}), "planned": planned}
+        per_call = planned.steps_per_execution
         check = max(per_call, check_steps // per_call * per_call)
-        identical = same_weights(recipe, plan, images, labels, check)
-        sides = {"one": compiled(recipe, plan.total_steps, 1), "planned": compiled(recipe, plan.total_steps, per_call)}
+        identical = same_weights(recipe, plans, images, labels, check)
+        sides = {side: compiled(recipe, plan) for side, plan in plans.items()}
         data = {side: batches(recipe, images, labels) for side in sides}
         for side, net in sides.items():  # warm-up: tracing and the first batches
             net.fit(data[side], steps_per_epoch=per_call * 2, epochs=1, verbose=0)
         ms: dict[str, list[float]] = {side: [] for side in sides}
-        steps = plan.steps_per_eval * passes
+        steps = planned.steps_per_eval * passes
         for round_ in range(repeats):
             for side, net in sides.items():
                 started = time.process_time()
-                net.fit(data[side], steps_per_epoch=plan.steps_per_eval, epochs=passes, verbose=0)
+                net.fit(data[side], steps_per_epoch=planned.steps_per_eval, epochs=passes, verbose=0)
                 ms[side].append((time.process_time() - started) / steps * 1000)
                 print(f"[steps-per-call] {model} round {round_ + 1}/{repeats} {side}: {ms[side][-1]:.2f} ms CPU per step", flush=True)
-        one, planned = statistics.median(ms["one"]), statistics.median(ms["planned"])
-        results[model] = {"steps_per_call": per_call, "steps_per_eval": plan.steps_per_eval, "batch_size": recipe.training.batch_size,
-                          "ms_cpu_per_step": {"one": one, "planned": planned}, "all": ms, "ratio": planned / one,
+        one, planned_ms = statistics.median(ms["one"]), statistics.median(ms["planned"])
+        results[model] = {"steps_per_call": per_call, "steps_per_eval": planned.steps_per_eval, "batch_size": recipe.training.batch_size,
+                          "ms_cpu_per_step": {"one": one, "planned": planned_ms}, "all": ms, "ratio": planned_ms / one,
                           "identical": identical, "check_steps": check}  # fmt: skip
     return results
 

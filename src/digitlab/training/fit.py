@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from digitlab.data.prepared import Meta, load_split
-from digitlab.settings import Settings
+from digitlab.settings import Recipe, Settings
 from digitlab.training.checkpoints import CheckpointDir, RunState
 from digitlab.training.outputs import RunInfo, TrainMetrics, TrainOutputs, TrainResult
+from digitlab.training.schedule import Plan
 
 log = logging.getLogger("digitlab.training")
 
@@ -22,6 +23,21 @@ log = logging.getLogger("digitlab.training")
 # already shuffled). No full pass: on 55,000 CNN inputs it costs a third of an epoch,
 # and a sample tells the same (about chance).
 INITIAL_TRAIN_SAMPLE = 5000
+
+
+def compile_for_training(model, recipe: Recipe, plan: Plan) -> None:
+    """Compile ``model`` as the train stage trains it: the recipe's optimizer over the plan's steps, its loss
+    (label smoothing: one-hot targets), accuracy, and the plan's steps per call into TensorFlow."""
+    import keras
+
+    if recipe.training.label_smoothing:  # one-hot targets (Fit.run())
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.training.label_smoothing)
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    else:
+        loss, accuracy = keras.losses.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    model.compile(
+        optimizer=recipe.optimizer.build(plan.total_steps), loss=loss, metrics=[accuracy], steps_per_execution=plan.steps_per_execution,
+    )  # fmt: skip
 
 
 @dataclass
@@ -83,22 +99,13 @@ class Fit:
         )
         self.fit_time_s = time.perf_counter() - started
 
-    def _start(self, plan, x_sample, y_sample) -> None:
+    def _start(self, plan: Plan, x_sample, y_sample) -> None:
         """Compile a fresh model and record history row 0: the untrained model's scores."""
-        import keras
-
         from digitlab.training.callbacks import current_learning_rate, log_row
         from digitlab.training.inputs import evaluation_dataset
 
         recipe = self.settings.recipe
-        if recipe.training.label_smoothing:  # one-hot targets (run())
-            loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.training.label_smoothing)
-            accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
-        else:
-            loss, accuracy = keras.losses.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.model.compile(
-            optimizer=recipe.optimizer.build(plan.total_steps), loss=loss, metrics=[accuracy], steps_per_execution=plan.steps_per_execution,
-        )  # fmt: skip
+        compile_for_training(self.model, recipe, plan)
         before_val = self.model.evaluate(self.val_data, verbose=0, return_dict=True)
         sample = evaluation_dataset(x_sample, y_sample, max(recipe.training.batch_size, 256))
         before_train = self.model.evaluate(sample, verbose=0, return_dict=True)

@@ -110,7 +110,7 @@ class Plan(Strict):
     evaluations: int
     total_steps: int
     first_stop: int = 0  # early stopping may stop the run after this evaluation, not before
-    max_steps_per_call: int = 1  # TrainingSettings.steps_per_call
+    max_steps_per_call: int  # TrainingSettings.steps_per_call
 
     @property
     def steps_per_execution(self) -> int:
