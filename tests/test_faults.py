@@ -155,6 +155,8 @@ def test_sigterm_ends_the_run_failed_and_the_same_command_resumes_it(env, monkey
     assert interrupted.data.tags[runs.HOST_TAG] == socket.gethostname() and interrupted.data.tags[runs.PID_TAG].isdigit()
     same_command(params, monkeypatch)
     assert_resumed(env, interrupted.info.run_id)
+    # 75 steps per evaluation (1,200 images in batches of 16): stopped and resumed at 15 steps per call.
+    assert keras.models.load_model(env["out"] / "model.keras").steps_per_execution == 15
     assert store_runs(env)[0].data.tags[runs.PID_TAG] == str(os.getpid()), "the process that resumed a run owns it now"
     history = mlflow.MlflowClient(tracking_uri=env["uri"]).get_metric_history(interrupted.info.run_id, "val_accuracy")
     assert len(history) <= EPOCHS + 2, "each evaluation logged once, at most the interrupted one twice"

@@ -192,13 +192,19 @@ def test_evaluation_every_n_steps_and_max_steps(workspace):
 
 def test_several_steps_per_call_still_evaluate_and_stop_on_the_planned_steps(workspace):
     """Evaluations every 6 steps and a stop at 16: two steps per call into TensorFlow (the largest count
-    dividing both), and the history's steps are the ones a call per step gives."""
+    dividing both); the same training with steps_per_call=1 gives the same history, value for value."""
     result, history = train_and_read_history(
         workspace, "linear", "calls", "models.linear.training.eval_every_steps=6", "models.linear.training.max_steps=16",
         "models.linear.training.early_stopping.enabled=false",
     )  # fmt: skip
     assert history["step"].tolist() == [0, 6, 12, 16] and result.metrics.steps == 16
     assert keras.models.load_model(workspace["base"] / "calls" / "model.keras").steps_per_execution == 2
+    _, one_per_call = train_and_read_history(
+        workspace, "linear", "one-call", "models.linear.training.eval_every_steps=6", "models.linear.training.max_steps=16",
+        "models.linear.training.early_stopping.enabled=false", "models.linear.training.steps_per_call=1",
+    )  # fmt: skip
+    assert keras.models.load_model(workspace["base"] / "one-call" / "model.keras").steps_per_execution == 1
+    pd.testing.assert_frame_equal(one_per_call, history, check_exact=True)
 
 
 @pytest.mark.parametrize(
