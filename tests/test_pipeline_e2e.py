@@ -109,7 +109,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     preset.write_text("# @package _global_\n" + yaml.safe_dump(tiny, sort_keys=False))
     run([*git, "add", "-A"], project)
     run([*git, "commit", "-qm", "first run"], project)
-    experiment = run(["dvc", "exp", "run", "-S", "models.cnn.training.epochs=2"], project, env=env, timeout=900)
+    # The README's pair of -S for a CNN with another number of blocks (conv_filters alone is refused).
+    experiment = run(["dvc", "exp", "run", "-S", "models.cnn.training.epochs=2", "-S", "models.cnn.model.conv_filters=[8,8]",
+                      "-S", "models.cnn.model.convs_per_block=[1,2]"], project, env=env, timeout=900)  # fmt: skip
     params_after_experiment = yaml.safe_load((project / "params.yaml").read_text())
     # Experiments in copies under .dvc/tmp/exps, side by side: one --temp and, once it runs in its copy, two queued
     # and run two at a time. The queued ones are composed from conf/, where the CNN has the first run's epochs (1, not
@@ -196,7 +198,16 @@ def test_changing_one_model_reruns_only_that_model_and_the_report(pipeline: dict
 def test_params_yaml_was_recomposed_with_the_experiment_override(pipeline: dict) -> None:
     params = pipeline["params_after_experiment"]
     assert params["models"]["cnn"]["training"]["epochs"] == 2
+    assert params["models"]["cnn"]["model"]["conv_filters"] == [8, 8] and params["models"]["cnn"]["model"]["convs_per_block"] == [1, 2]
     assert params["dataset"]["name"] == "digits"  # the tiny preset from conf/ still applies
+
+
+def test_the_experiment_trained_the_cnn_its_settings_name(pipeline: dict) -> None:
+    import keras
+
+    model = keras.models.load_model(pipeline["project"] / "models" / "cnn" / "model.keras")
+    convolutions = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convolutions == ["block1_conv1", "block2_conv1", "block2_conv2"]
 
 
 def test_dvc_metrics_show_and_diff_list_the_three_models(pipeline: dict) -> None:
